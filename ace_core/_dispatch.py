@@ -1,0 +1,70 @@
+"""Choosing the implementation of the kernel for a namespace.
+
+``kernel_for(xp)`` returns an object with the functions of
+:mod:`ace_core._kernel`; where ``ace_core.backends.<library>`` exists and
+defines a function, that fast path replaces the generic one. The choice is
+cached per namespace, and a library's module is imported only once arrays of
+that library have been seen, so ``import ace_core`` imports no framework.
+"""
+
+from __future__ import annotations
+
+import importlib
+from functools import lru_cache
+from types import SimpleNamespace
+
+import array_api_compat
+
+from . import _kernel
+from ._typing import ArrayNamespace
+
+__all__ = ["kernel_for", "library_name", "KERNEL_FUNCTIONS"]
+
+_GENERIC = "generic"
+
+KERNEL_FUNCTIONS = (
+    "forward_logits",
+    "forward_probs",
+    "backward_logits",
+    "backward_probs",
+)
+
+
+def library_name(xp: ArrayNamespace) -> str:
+    """``numpy``, ``cupy``, ``torch``, ``jax``, ``array_api_strict``, ... for a namespace."""
+    checks = (
+        ("numpy", array_api_compat.is_numpy_namespace),
+        ("cupy", array_api_compat.is_cupy_namespace),
+        ("torch", array_api_compat.is_torch_namespace),
+        ("jax", array_api_compat.is_jax_namespace),
+        ("array_api_strict", array_api_compat.is_array_api_strict_namespace),
+    )
+    for name, check in checks:
+        if check(xp):
+            return name
+    return xp.__name__.split(".")[0]
+
+
+def _fast_path_module(library: str):
+    try:
+        return importlib.import_module(f"ace_core.backends.{library}")
+    except ModuleNotFoundError as error:
+        if error.name != f"ace_core.backends.{library}":
+            raise
+        return None
+
+
+@lru_cache(maxsize=None)
+def _kernel_for_library(library: str) -> SimpleNamespace:
+    fast = None if library == _GENERIC else _fast_path_module(library)
+    chosen = {}
+    for name in KERNEL_FUNCTIONS:
+        chosen[name] = getattr(fast, name, None) or getattr(_kernel, name)
+    return SimpleNamespace(library=library, **chosen)
+
+
+def kernel_for(xp: ArrayNamespace, *, generic: bool = False) -> SimpleNamespace:
+    """The kernel functions for ``xp``; ``generic=True`` forces the array-API reference."""
+    if generic:
+        return _kernel_for_library(_GENERIC)
+    return _kernel_for_library(library_name(xp))

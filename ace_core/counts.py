@@ -1,0 +1,206 @@
+"""Class counts ``N`` ``(B, C)`` from labels: the ACE target.
+
+ACE needs only how often each class occurs in each label; the blank
+(background) entry holds the rest of the valid steps, ``T_b - |S_b|``, so that
+each row sums to ``T_b``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import array_api_extra as xpx
+
+from ._inputs import as_index_array, first_bad_sample
+from ._namespace import arrays_namespace, common_device, is_integer, is_lazy
+from ._typing import Array, ArrayNamespace
+
+__all__ = ["counts_from_targets", "counts_with_background"]
+
+
+def _lengths_array(value: Any, name: str, batch: int, xp: ArrayNamespace, device: Any) -> Array:
+    if isinstance(value, int) and not isinstance(value, bool):
+        return xp.full((batch,), value, device=device)
+    array = as_index_array(value, name, xp, device)
+    if not is_integer(xp, array.dtype):
+        raise TypeError(f"`{name}` must be integers, got dtype {array.dtype}")
+    if array.ndim != 1 or array.shape[0] != batch:
+        raise ValueError(f"`{name}` must have shape (B,) = ({batch},), got {tuple(array.shape)}")
+    return array
+
+
+def _padded_layout(
+    xp: ArrayNamespace, targets: Array, target_lengths: Array | None, device: Any
+) -> tuple[Array, Array, int]:
+    """``(targets (B, S), valid positions (B, S), B)`` for padded or concatenated targets."""
+    if targets.ndim == 2:
+        batch, width = targets.shape
+        if target_lengths is None:
+            return targets, xp.ones((batch, width), dtype=xp.bool, device=device), batch
+        lengths = _lengths_array(target_lengths, "target_lengths", batch, xp, device)
+        if not is_lazy(lengths):
+            found = first_bad_sample(xp, (lengths < 0) | (lengths > width))
+            if found is not None:
+                raise ValueError(
+                    f"`target_lengths` must lie in [0, S={width}]; sample {found[0]} has "
+                    f"{int(lengths[found[0]])}"
+                )
+        positions = xp.arange(width, dtype=lengths.dtype, device=device)
+        return targets, positions[None, :] < lengths[:, None], batch
+    if targets.ndim == 1:
+        if target_lengths is None:
+            raise ValueError("concatenated 1D `targets` need `target_lengths`")
+        lengths = as_index_array(target_lengths, "target_lengths", xp, device)
+        if lengths.ndim != 1 or not is_integer(xp, lengths.dtype):
+            raise ValueError("`target_lengths` must be a 1D integer array of shape (B,)")
+        batch = lengths.shape[0]
+        if not is_lazy(lengths, targets):
+            if bool(xp.any(lengths < 0)) or int(xp.sum(lengths)) != targets.shape[0]:
+                raise ValueError(
+                    f"concatenated `targets` have {targets.shape[0]} entries but `target_lengths` "
+                    f"sum to {int(xp.sum(lengths))} (and must be >= 0)"
+                )
+        ends = xp.cumulative_sum(lengths)
+        position = xp.arange(targets.shape[0], dtype=ends.dtype, device=device)
+        owner = xp.searchsorted(ends, position, side="right")  # sample of each position
+        samples = xp.arange(batch, dtype=owner.dtype, device=device)
+        belongs = owner[None, :] == samples[:, None]  # (B, sum L)
+        return xp.broadcast_to(targets[None, :], (batch, targets.shape[0])), belongs, batch
+    raise ValueError(
+        f"`targets` must be padded (B, S) or concatenated (sum of target_lengths,), "
+        f"got shape {tuple(targets.shape)}"
+    )
+
+
+def counts_from_targets(
+    targets: Array,
+    target_lengths: Any = None,
+    *,
+    num_classes: int,
+    input_lengths: Any,
+    blank: int = 0,
+    xp: ArrayNamespace | None = None,
+) -> Array:
+    r"""Class counts from CTC-style targets, with the blank entry ``T_b - |S_b|``.
+
+    .. math:: N_{bk} = \#\{s \le |S_b| : S_{bs} = k\}\ (k \ne \text{blank}), \quad
+              N_{b,\text{blank}} = T_b - |S_b|
+
+    Parameters
+    ----------
+    targets : int array, shape (B, S) or (sum of target_lengths,)
+        Padded targets (as for ``torch.nn.functional.ctc_loss``) or all labels
+        concatenated. Padding beyond ``target_lengths`` is ignored.
+    target_lengths : int, sequence or array of shape (B,), optional
+        ``|S_b|``; required for concatenated targets. Padded targets without
+        it count every entry.
+    num_classes : int
+        C, the blank included.
+    input_lengths : int, sequence or array of shape (B,)
+        ``T_b``, the valid steps of each sample (H·W for a full 2D map).
+    blank : int
+        The blank (background) class.
+    xp : namespace, optional
+
+    Returns
+    -------
+    int array, shape (B, C)
+        A blank entry is negative where ``|S_b| > T_b``: :func:`ace_loss`
+        rejects such samples, or zeroes them with ``zero_infinity=True``.
+
+    Raises
+    ------
+    ValueError
+        A target equal to ``blank`` or outside ``[0, C)`` (naming the sample),
+        bad shapes or lengths.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from ace_core import counts_from_targets
+    >>> counts_from_targets(np.array([[3, 1, 3, 0]]), [3], num_classes=4, input_lengths=[6])
+    array([[3, 1, 0, 2]])
+    """
+    xp = arrays_namespace(targets, xp=xp)
+    device = common_device(("targets",), (targets,))
+    if not is_integer(xp, targets.dtype):
+        raise TypeError(f"`targets` must be integers, got dtype {targets.dtype}")
+    if not 0 <= blank < num_classes:
+        raise ValueError(f"`blank` must lie in [0, num_classes={num_classes}), got {blank}")
+    padded, inside, batch = _padded_layout(xp, targets, target_lengths, device)
+    steps = _lengths_array(input_lengths, "input_lengths", batch, xp, device)
+    if not is_lazy(padded, inside):
+        _check_target_values(xp, padded, inside, num_classes, blank)
+    # Entries outside a label are sent to the blank column and then overwritten.
+    labels = xp.where(inside, padded, blank)
+    hits = xpx.one_hot(labels, num_classes, dtype=steps.dtype, xp=xp)  # (B, S, C)
+    counts = xp.sum(hits, axis=1, dtype=steps.dtype)
+    label_sizes = xp.sum(xp.astype(inside, steps.dtype), axis=1)
+    is_blank = xp.arange(num_classes, device=device) == blank
+    return xp.where(is_blank[None, :], (steps - label_sizes)[:, None], counts)
+
+
+def _check_target_values(
+    xp: ArrayNamespace, padded: Array, inside: Array, num_classes: int, blank: int
+) -> None:
+    out_of_range = inside & ((padded < 0) | (padded >= num_classes))
+    found = first_bad_sample(xp, xp.any(out_of_range, axis=1))
+    if found is not None:
+        raise ValueError(
+            f"`targets` of sample {found[0]} hold a class outside [0, {num_classes})"
+        )
+    found = first_bad_sample(xp, xp.any(inside & (padded == blank), axis=1))
+    if found is not None:
+        raise ValueError(
+            f"`targets` of sample {found[0]} hold the blank class {blank}; labels must not "
+            "contain blank"
+        )
+
+
+def counts_with_background(
+    object_counts: Array,
+    *,
+    input_lengths: Any,
+    background: int = 0,
+    xp: ArrayNamespace | None = None,
+) -> Array:
+    r"""Complete per-class object counts with the background entry, for counting tasks.
+
+    .. math:: N_{b,\text{bg}} = T_b - \sum_{k \ne \text{bg}} N_{bk}
+
+    Parameters
+    ----------
+    object_counts : int array, shape (B, C)
+        How many objects of each class each image holds; the ``background``
+        column is ignored and replaced.
+    input_lengths : int, sequence or array of shape (B,)
+        ``T_b``, the cells of each sample's map (H·W for a full map).
+    background : int
+        The background (blank) class.
+    xp : namespace, optional
+
+    Returns
+    -------
+    int array, shape (B, C)
+        Rows sum to ``T_b``; a negative background entry means more objects
+        than cells, which :func:`ace_loss` rejects.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from ace_core import counts_with_background
+    >>> counts_with_background(np.array([[0, 2, 5]]), input_lengths=16)
+    array([[9, 2, 5]])
+    """
+    xp = arrays_namespace(object_counts, xp=xp)
+    device = common_device(("object_counts",), (object_counts,))
+    if object_counts.ndim != 2:
+        raise ValueError(f"`object_counts` must have shape (B, C), got {tuple(object_counts.shape)}")
+    batch, classes = object_counts.shape
+    if not 0 <= background < classes:
+        raise ValueError(f"`background` must lie in [0, C={classes}), got {background}")
+    steps = _lengths_array(input_lengths, "input_lengths", batch, xp, device)
+    is_background = xp.arange(classes, device=device) == background
+    objects = xp.where(is_background[None, :], 0, object_counts)
+    rest = xp.astype(steps, objects.dtype) - xp.sum(objects, axis=1)
+    return xp.where(is_background[None, :], rest[:, None], objects)

@@ -1,0 +1,412 @@
+"""The public ACE losses: :func:`ace_loss`, :func:`ace_loss_and_grad`,
+:func:`ace_forward`/:func:`ace_backward`, :func:`regression_ace_loss` and
+:func:`entropy_floor`.
+
+Each checks its inputs (:mod:`ace_core._inputs`), runs the kernel chosen for
+the namespace (:mod:`ace_core._dispatch`), masks infeasible samples and
+reduces. Samples that are infeasible (``T_b = 0`` or a negative count) raise
+where values can be checked; with ``zero_infinity=True`` they get loss 0 and
+gradient 0, and under tracing without it their loss is NaN.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, NamedTuple
+
+from array_api_compat import device
+
+from ._dispatch import kernel_for
+from ._inputs import Prepared, prepare
+from ._kernel import loss_from_log_mass, regression_backward, regression_forward, safe_log
+from ._namespace import arrays_namespace, compute_dtype
+from ._typing import Array, ArrayNamespace, Reduction
+
+__all__ = [
+    "ACEResiduals",
+    "ace_loss",
+    "ace_loss_and_grad",
+    "ace_forward",
+    "ace_backward",
+    "regression_ace_loss",
+    "regression_ace_loss_and_grad",
+    "entropy_floor",
+]
+
+_REDUCTIONS = ("none", "sum", "mean")
+
+
+class ACEResiduals(NamedTuple):
+    """What :func:`ace_backward` needs besides the scores and counts: O(B·(T + C)).
+
+    A ``NamedTuple``, so it is a JAX pytree and can be saved by ``custom_vjp``.
+    """
+
+    log_norm: Array | None  #: (B, T) logsumexp over classes; None for probability input
+    log_mass: Array  #: (B, C) log Σ_{t valid} y_btk
+    valid: Array  #: (B, T) bool, the valid steps
+    lengths: Array  #: (B,) T_b in the accumulation dtype
+    keep: Array  #: (B,) bool, False for samples zeroed by ``zero_infinity``
+    zero_infinity: bool
+
+
+def _check_reduction(reduction: str) -> None:
+    if reduction not in _REDUCTIONS:
+        raise ValueError(f"`reduction` must be one of {_REDUCTIONS}, got {reduction!r}")
+
+
+def _reduce(xp: ArrayNamespace, per_sample: Array, reduction: Reduction) -> Array:
+    if reduction == "none":
+        return per_sample
+    total = xp.sum(per_sample)
+    if reduction == "sum":
+        return total
+    return total / per_sample.shape[0]
+
+
+def _reduction_weights(prep: Prepared, reduction: Reduction) -> Array:
+    """∂(reduced loss)/∂L_b for every sample."""
+    xp, batch = prep.xp, prep.scores.shape[0]
+    scale = 1.0 / batch if reduction == "mean" else 1.0
+    return xp.full((batch,), scale, dtype=prep.dtype, device=prep.device)
+
+
+def _mask_infeasible(xp: ArrayNamespace, values: Array, keep: Array, zero_infinity: bool) -> Array:
+    filler = 0.0 if zero_infinity else math.nan
+    shape = (keep.shape[0],) + (1,) * (values.ndim - 1)
+    return xp.where(xp.reshape(keep, shape), values, filler)
+
+
+def _forward(prep: Prepared, from_logits: bool, zero_infinity: bool, generic: bool):
+    xp = prep.xp
+    kernel = kernel_for(xp, generic=generic)
+    if from_logits:
+        log_norm, log_mass = kernel.forward_logits(xp, prep.scores, prep.valid, prep.dtype)
+    else:
+        log_norm, log_mass = None, kernel.forward_probs(xp, prep.scores, prep.valid, prep.dtype)
+    per_sample = loss_from_log_mass(xp, prep.counts, prep.lengths, log_mass)
+    per_sample = _mask_infeasible(xp, per_sample, prep.feasible, zero_infinity)
+    residuals = ACEResiduals(log_norm, log_mass, prep.valid, prep.lengths, prep.feasible, zero_infinity)
+    return per_sample, residuals
+
+
+def _backward(
+    xp: ArrayNamespace,
+    grad_out: Array,
+    scores3: Array,
+    counts: Array,
+    res: ACEResiduals,
+    dtype: Any,
+    from_logits: bool,
+    generic: bool,
+) -> Array:
+    kernel = kernel_for(xp, generic=generic)
+    if from_logits:
+        if res.log_norm is None:
+            raise ValueError("these residuals come from probability input; pass from_logits=False")
+        grad = kernel.backward_logits(
+            xp, grad_out, scores3, counts, res.valid, res.lengths, res.log_norm, res.log_mass, dtype
+        )
+    else:
+        grad = kernel.backward_probs(
+            xp, grad_out, scores3, counts, res.valid, res.lengths, res.log_mass, dtype
+        )
+    return _mask_infeasible(xp, grad, res.keep, res.zero_infinity)
+
+
+def ace_forward(
+    scores: Array,
+    counts: Array,
+    *,
+    input_lengths: Any = None,
+    mask: Array | None = None,
+    from_logits: bool = True,
+    zero_infinity: bool = False,
+    xp: ArrayNamespace | None = None,
+    _generic: bool = False,
+) -> tuple[Array, ACEResiduals]:
+    r"""Per-sample ACE loss and the residuals that :func:`ace_backward` needs.
+
+    .. math:: L_b = -\sum_k \bar N_{bk} \log \bar y_{bk}, \quad
+              \log \bar y_{bk} = \operatorname{logsumexp}_{t \le T_b} \log y_{btk} - \log T_b
+
+    Parameters
+    ----------
+    scores : array, shape (B, T, C) or (B, H, W, C)
+        Logits (or log-probabilities) with the class axis last; probabilities
+        with ``from_logits=False``. A 2D map is flattened row-major to T = H·W.
+    counts : array, shape (B, C)
+        Class counts of each label, the blank (background) entry included, so
+        that each row sums to ``T_b``; see :func:`counts_from_targets`.
+    input_lengths : int, sequence or array of shape (B,), optional
+        Valid steps ``T_b`` of 1D scores (the first ``T_b`` steps count).
+    mask : bool array, shape (B, T) or (B, H, W), optional
+        Valid steps or cells; exclusive with ``input_lengths``.
+    from_logits : bool
+        Whether ``scores`` are logits (default) or probabilities.
+    zero_infinity : bool
+        Give samples with ``T_b = 0`` or a negative count loss 0 and gradient 0
+        instead of raising.
+    xp : namespace, optional
+        The array namespace; found from the arrays when omitted.
+
+    Returns
+    -------
+    loss : array, shape (B,)
+        Per-sample loss in the dtype of ``scores``.
+    residuals : ACEResiduals
+        O(B·(T + C)) arrays for :func:`ace_backward`.
+    """
+    prep = prepare(
+        scores, counts, input_lengths=input_lengths, mask=mask, zero_infinity=zero_infinity, xp=xp
+    )
+    per_sample, residuals = _forward(prep, from_logits, zero_infinity, _generic)
+    return prep.xp.astype(per_sample, scores.dtype), residuals
+
+
+def ace_backward(
+    grad_output: Array,
+    scores: Array,
+    counts: Array,
+    residuals: ACEResiduals,
+    *,
+    from_logits: bool = True,
+    xp: ArrayNamespace | None = None,
+    _generic: bool = False,
+) -> Array:
+    r"""Closed-form gradient of ``Σ_b grad_output_b · L_b`` with respect to ``scores``.
+
+    .. math:: \frac{\partial L_b}{\partial a_{btk}} = y_{btk} s_{bt} - \bar N_{bk} r_{btk},
+              \quad r_{btk} = \frac{y_{btk}}{\sum_{t'} y_{bt'k}},\ s_{bt} = \sum_k \bar N_{bk} r_{btk}
+
+    With ``from_logits=False`` it is ``-N_bk / (T_b Σ_t y_btk)`` with respect to
+    the probabilities. Masked steps get exactly 0.
+
+    Parameters
+    ----------
+    grad_output : array, shape (B,) or ()
+        Upstream gradient of each per-sample loss (a scalar is broadcast).
+    scores, counts
+        The arrays given to :func:`ace_forward`.
+    residuals : ACEResiduals
+        The second output of :func:`ace_forward`.
+    from_logits : bool
+        As given to :func:`ace_forward`.
+    xp : namespace, optional
+
+    Returns
+    -------
+    array
+        Same shape and dtype as ``scores``.
+    """
+    xp = arrays_namespace(scores, counts, grad_output, xp=xp)
+    batch, classes = scores.shape[0], scores.shape[-1]
+    scores3 = xp.reshape(scores, (batch, -1, classes))
+    dtype = compute_dtype(xp, scores.dtype)
+    if tuple(counts.shape) != (batch, classes):
+        raise ValueError(f"`counts` must have shape ({batch}, {classes}), got {tuple(counts.shape)}")
+    grad_out = xp.broadcast_to(xp.astype(xp.asarray(grad_output), dtype), (batch,))
+    grad = _backward(
+        xp, grad_out, scores3, xp.astype(counts, dtype), residuals, dtype, from_logits, _generic
+    )
+    return xp.astype(xp.reshape(grad, scores.shape), scores.dtype)
+
+
+def ace_loss(
+    scores: Array,
+    counts: Array,
+    *,
+    input_lengths: Any = None,
+    mask: Array | None = None,
+    from_logits: bool = True,
+    reduction: Reduction = "mean",
+    zero_infinity: bool = False,
+    xp: ArrayNamespace | None = None,
+) -> Array:
+    r"""Aggregation cross-entropy loss (Xie et al., CVPR 2019, Eq. 8), exact and epsilon-free.
+
+    .. math:: L_b = -\sum_k \frac{N_{bk}}{T_b}
+              \log\Big(\frac{1}{T_b}\sum_{t \le T_b} \operatorname{softmax}(a_{bt})_k\Big)
+
+    Parameters
+    ----------
+    scores, counts, input_lengths, mask, from_logits, zero_infinity, xp
+        As in :func:`ace_forward`.
+    reduction : {"mean", "sum", "none"}
+        ``"mean"`` averages over the batch (it does not divide by target
+        length as CTC's ``"mean"`` does); ``"none"`` returns shape (B,).
+
+    Returns
+    -------
+    array
+        The loss, in the dtype of ``scores``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from ace_core import ace_loss, counts_from_targets
+    >>> logits = np.zeros((1, 4, 3))  # uniform predictions over 3 classes
+    >>> counts = counts_from_targets(np.array([[1, 2]]), num_classes=3, input_lengths=4)
+    >>> counts
+    array([[2, 1, 1]])
+    >>> float(ace_loss(logits, counts))  # -(0.5 log 1/3 + 2 * 0.25 log 1/3) = log 3
+    1.0986122886681098
+    """
+    _check_reduction(reduction)
+    per_sample, _ = ace_forward(
+        scores,
+        counts,
+        input_lengths=input_lengths,
+        mask=mask,
+        from_logits=from_logits,
+        zero_infinity=zero_infinity,
+        xp=xp,
+    )
+    xp = arrays_namespace(per_sample, xp=xp)
+    return _reduce(xp, per_sample, reduction)
+
+
+def ace_loss_and_grad(
+    scores: Array,
+    counts: Array,
+    *,
+    input_lengths: Any = None,
+    mask: Array | None = None,
+    from_logits: bool = True,
+    reduction: Reduction = "mean",
+    zero_infinity: bool = False,
+    xp: ArrayNamespace | None = None,
+    _generic: bool = False,
+) -> tuple[Array, Array]:
+    """The loss of :func:`ace_loss` and its closed-form gradient with respect to ``scores``.
+
+    Takes the keywords of :func:`ace_loss`. The gradient has the shape and
+    dtype of ``scores`` and is bounded, ``|∂L/∂a| <= 1`` per sample (times the
+    ``1/B`` of ``"mean"``).
+
+    Returns
+    -------
+    loss : array
+        As :func:`ace_loss` returns it.
+    grad : array
+        ``∂ loss / ∂ scores``; for ``reduction="none"`` the gradient of the sum.
+    """
+    _check_reduction(reduction)
+    prep = prepare(
+        scores, counts, input_lengths=input_lengths, mask=mask, zero_infinity=zero_infinity, xp=xp
+    )
+    xp = prep.xp
+    per_sample, residuals = _forward(prep, from_logits, zero_infinity, _generic)
+    weights = _reduction_weights(prep, reduction)
+    grad = _backward(
+        xp, weights, prep.scores, prep.counts, residuals, prep.dtype, from_logits, _generic
+    )
+    loss = _reduce(xp, per_sample, reduction)
+    return xp.astype(loss, scores.dtype), xp.astype(xp.reshape(grad, prep.shape), scores.dtype)
+
+
+def regression_ace_loss(
+    scores: Array,
+    counts: Array,
+    *,
+    input_lengths: Any = None,
+    mask: Array | None = None,
+    from_logits: bool = True,
+    reduction: Reduction = "mean",
+    xp: ArrayNamespace | None = None,
+) -> Array:
+    r"""Regression ACE (the paper's Eq. 4), for comparison with the cross-entropy form.
+
+    .. math:: L_b = \tfrac12 \sum_k \Big(N_{bk} - \sum_{t \le T_b} y_{btk}\Big)^2
+
+    Takes the arguments of :func:`ace_loss`. The paper's Table 1 shows that it
+    learns far worse than :func:`ace_loss`; it is here to reproduce that.
+    """
+    return regression_ace_loss_and_grad(
+        scores,
+        counts,
+        input_lengths=input_lengths,
+        mask=mask,
+        from_logits=from_logits,
+        reduction=reduction,
+        xp=xp,
+        _with_grad=False,
+    )[0]
+
+
+def regression_ace_loss_and_grad(
+    scores: Array,
+    counts: Array,
+    *,
+    input_lengths: Any = None,
+    mask: Array | None = None,
+    from_logits: bool = True,
+    reduction: Reduction = "mean",
+    xp: ArrayNamespace | None = None,
+    _with_grad: bool = True,
+) -> tuple[Array, Array | None]:
+    r"""Regression ACE and its gradient ``∂L/∂y_btk = Σ_t y_btk - N_bk`` (chained through softmax).
+
+    Takes the arguments of :func:`regression_ace_loss`; returns ``(loss, grad)``.
+    """
+    _check_reduction(reduction)
+    prep = prepare(scores, counts, input_lengths=input_lengths, mask=mask, zero_infinity=True, xp=xp)
+    xp = prep.xp
+    per_sample, excess = regression_forward(
+        xp, prep.scores, prep.counts, prep.valid, from_logits, prep.dtype
+    )
+    loss = xp.astype(_reduce(xp, per_sample, reduction), scores.dtype)
+    if not _with_grad:
+        return loss, None
+    weights = _reduction_weights(prep, reduction)
+    grad = regression_backward(
+        xp, weights, prep.scores, excess, prep.valid, from_logits, prep.dtype
+    )
+    return loss, xp.astype(xp.reshape(grad, prep.shape), scores.dtype)
+
+
+def entropy_floor(
+    counts: Array, *, reduction: Reduction = "none", xp: ArrayNamespace | None = None
+) -> Array:
+    r"""The smallest value that :func:`ace_loss` can take for ``counts``.
+
+    .. math:: H(\bar N_b) = -\sum_{k: N_{bk} > 0} \bar N_{bk} \log \bar N_{bk},
+              \quad \bar N_{bk} = N_{bk} / \sum_{k'} N_{bk'}
+
+    reached at ``ȳ = N̄``. Training logs can show ``loss - floor``, which goes
+    to 0 on a perfectly fit batch (use the same ``reduction`` for both).
+
+    Parameters
+    ----------
+    counts : array, shape (B, C)
+        Class counts, the blank entry included (rows sum to ``T_b``).
+    reduction : {"none", "sum", "mean"}
+    xp : namespace, optional
+
+    Returns
+    -------
+    array
+        Shape (B,) for ``"none"``, else a scalar; floating.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from ace_core import entropy_floor
+    >>> entropy_floor(np.array([[2, 1, 1]]))  # -(0.5 log 0.5 + 2 * 0.25 log 0.25)
+    array([1.03972077])
+    """
+    _check_reduction(reduction)
+    xp = arrays_namespace(counts, xp=xp)
+    if counts.ndim != 2:
+        raise ValueError(f"`counts` must have shape (B, C), got {tuple(counts.shape)}")
+    dtype = counts.dtype if xp.isdtype(counts.dtype, "real floating") else _default_float(xp, counts)
+    c = xp.astype(counts, dtype)
+    total = xp.sum(c, axis=1, keepdims=True)
+    n_bar = c / xp.where(total > 0, total, 1)
+    terms = xp.where(c > 0, n_bar * safe_log(xp, n_bar), 0)
+    return _reduce(xp, -xp.sum(terms, axis=1), reduction)
+
+
+def _default_float(xp: ArrayNamespace, x: Array) -> Any:
+    info = xp.__array_namespace_info__()
+    return info.default_dtypes(device=device(x))["real floating"]
