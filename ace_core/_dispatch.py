@@ -10,7 +10,7 @@ that library have been seen, so ``import ace_core`` imports no framework.
 from __future__ import annotations
 
 import importlib
-from functools import lru_cache
+from functools import cache
 from types import SimpleNamespace
 
 import array_api_compat
@@ -54,7 +54,7 @@ def _fast_path_module(library: str):
         return None
 
 
-@lru_cache(maxsize=None)
+@cache
 def _kernel_for_library(library: str) -> SimpleNamespace:
     fast = None if library == _GENERIC else _fast_path_module(library)
     chosen = {}

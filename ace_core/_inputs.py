@@ -35,9 +35,7 @@ class Prepared:
     feasible: Array  # (B,) bool: T_b > 0 and no negative count
 
 
-def as_index_array(
-    value: Any, name: str, xp: ArrayNamespace, device: Device
-) -> Array | None:
+def as_index_array(value: Any, name: str, xp: ArrayNamespace, device: Device) -> Array | None:
     """Python ints/sequences become an integer array on ``device``; arrays pass through."""
     if value is None:
         return None

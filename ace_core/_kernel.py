@@ -63,9 +63,7 @@ def _log_softmax(xp: ArrayNamespace, a: Array) -> tuple[Array, Array]:
     return a - log_norm[..., None], log_norm
 
 
-def forward_logits(
-    xp: ArrayNamespace, scores: Array, valid: Array, dtype: DType
-) -> tuple[Array, Array]:
+def forward_logits(xp: ArrayNamespace, scores: Array, valid: Array, dtype: DType) -> tuple[Array, Array]:
     """``(log_norm (B, T), log_mass (B, C))`` from logits ``(B, T, C)``."""
     a = xp.astype(scores, dtype, copy=False)
     log_y, log_norm = _log_softmax(xp, a)
@@ -83,9 +81,7 @@ def _safe_lengths(xp: ArrayNamespace, lengths: Array) -> Array:
     return xp.where(lengths > 0, lengths, 1)
 
 
-def loss_from_log_mass(
-    xp: ArrayNamespace, counts: Array, lengths: Array, log_mass: Array
-) -> Array:
+def loss_from_log_mass(xp: ArrayNamespace, counts: Array, lengths: Array, log_mass: Array) -> Array:
     """``L_b = -Σ_{k: N>0} N̄_bk (log_mass_bk - log T_b)``; a class with N = 0 adds exactly 0."""
     safe = _safe_lengths(xp, lengths)
     n_bar = counts / safe[:, None]
@@ -94,9 +90,7 @@ def loss_from_log_mass(
     return -xp.sum(terms, axis=1)
 
 
-def _log_target_over_mass(
-    xp: ArrayNamespace, counts: Array, lengths: Array, log_mass: Array
-) -> Array:
+def _log_target_over_mass(xp: ArrayNamespace, counts: Array, lengths: Array, log_mass: Array) -> Array:
     """``log(N̄ / Σ_t y)`` ``(B, C)``, ``-inf`` where N = 0 (such classes get no pull)."""
     present = counts > 0
     n_bar = counts / _safe_lengths(xp, lengths)[:, None]
@@ -143,9 +137,7 @@ def backward_probs(
     return xp.where(valid[:, :, None], per_class[:, None, :], zeros)
 
 
-def _probabilities(
-    xp: ArrayNamespace, scores: Array, from_logits: bool, dtype: DType
-) -> Array:
+def _probabilities(xp: ArrayNamespace, scores: Array, from_logits: bool, dtype: DType) -> Array:
     a = xp.astype(scores, dtype, copy=False)
     if not from_logits:
         return a

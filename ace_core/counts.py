@@ -146,14 +146,11 @@ def _check_target_values(
     out_of_range = inside & ((padded < 0) | (padded >= num_classes))
     found = first_bad_sample(xp, xp.any(out_of_range, axis=1))
     if found is not None:
-        raise ValueError(
-            f"`targets` of sample {found[0]} hold a class outside [0, {num_classes})"
-        )
+        raise ValueError(f"`targets` of sample {found[0]} hold a class outside [0, {num_classes})")
     found = first_bad_sample(xp, xp.any(inside & (padded == blank), axis=1))
     if found is not None:
         raise ValueError(
-            f"`targets` of sample {found[0]} hold the blank class {blank}; labels must not "
-            "contain blank"
+            f"`targets` of sample {found[0]} hold the blank class {blank}; labels must not contain blank"
         )
 
 

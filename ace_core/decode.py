@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
+from array_api_compat import device as _device
+
 from ._inputs import prepare
 from ._namespace import arrays_namespace, to_numpy
 from ._typing import Array, ArrayNamespace
@@ -62,8 +64,13 @@ def decode_greedy(
     batch, classes = scores.shape[0], scores.shape[-1]
     dummy_counts = xp.zeros((batch, classes), dtype=xp.int32, device=_device(scores))
     prep = prepare(
-        scores, dummy_counts, input_lengths=input_lengths, mask=mask, zero_infinity=True,
-        check_sums=False, xp=xp,
+        scores,
+        dummy_counts,
+        input_lengths=input_lengths,
+        mask=mask,
+        zero_infinity=True,
+        check_sums=False,
+        xp=xp,
     )
     best = xp.argmax(prep.scores, axis=-1)
     valid = prep.valid
@@ -73,7 +80,7 @@ def decode_greedy(
         valid = xp.reshape(xp.permute_dims(xp.reshape(valid, (batch, height, width)), (0, 2, 1)), (batch, -1))
     best_host, valid_host = to_numpy(best), to_numpy(valid)
     decoded = []
-    for row, keep in zip(best_host, valid_host):
+    for row, keep in zip(best_host, valid_host, strict=True):
         labels: list[int] = []
         previous = None
         for label in row[keep].tolist():
@@ -124,8 +131,13 @@ def decode_counts(
     batch, classes = scores.shape[0], scores.shape[-1]
     dummy_counts = xp.zeros((batch, classes), dtype=xp.int32, device=_device(scores))
     prep = prepare(
-        scores, dummy_counts, input_lengths=input_lengths, mask=mask, zero_infinity=True,
-        check_sums=False, xp=xp,
+        scores,
+        dummy_counts,
+        input_lengths=input_lengths,
+        mask=mask,
+        zero_infinity=True,
+        check_sums=False,
+        xp=xp,
     )
     values = xp.astype(prep.scores, prep.dtype)
     if from_logits:
@@ -133,15 +145,5 @@ def decode_counts(
         exps = xp.exp(values - peak)
         values = exps / xp.sum(exps, axis=-1, keepdims=True)
     mass = xp.sum(xp.where(prep.valid[:, :, None], values, 0), axis=1)
-    return xp.astype(xp.round(mass), dummy_counts.dtype if _no_int64(xp) else xp.int64)
-
-
-def _device(x: Array) -> Any:
-    from array_api_compat import device
-
-    return device(x)
-
-
-def _no_int64(xp: ArrayNamespace) -> bool:
-    info = xp.__array_namespace_info__()
-    return info.default_dtypes()["integral"] != xp.int64
+    integer = xp.__array_namespace_info__().default_dtypes(device=prep.device)["integral"]
+    return xp.astype(xp.round(mass), integer)

@@ -157,9 +157,7 @@ def ace_forward(
     residuals : ACEResiduals
         O(B·(T + C)) arrays for :func:`ace_backward`.
     """
-    prep = prepare(
-        scores, counts, input_lengths=input_lengths, mask=mask, zero_infinity=zero_infinity, xp=xp
-    )
+    prep = prepare(scores, counts, input_lengths=input_lengths, mask=mask, zero_infinity=zero_infinity, xp=xp)
     per_sample, residuals = _forward(prep, from_logits, zero_infinity, _generic)
     return prep.xp.astype(per_sample, scores.dtype), residuals
 
@@ -206,9 +204,7 @@ def ace_backward(
     if tuple(counts.shape) != (batch, classes):
         raise ValueError(f"`counts` must have shape ({batch}, {classes}), got {tuple(counts.shape)}")
     grad_out = xp.broadcast_to(xp.astype(xp.asarray(grad_output), dtype), (batch,))
-    grad = _backward(
-        xp, grad_out, scores3, xp.astype(counts, dtype), residuals, dtype, from_logits, _generic
-    )
+    grad = _backward(xp, grad_out, scores3, xp.astype(counts, dtype), residuals, dtype, from_logits, _generic)
     return xp.astype(xp.reshape(grad, scores.shape), scores.dtype)
 
 
@@ -292,15 +288,11 @@ def ace_loss_and_grad(
         ``∂ loss / ∂ scores``; for ``reduction="none"`` the gradient of the sum.
     """
     _check_reduction(reduction)
-    prep = prepare(
-        scores, counts, input_lengths=input_lengths, mask=mask, zero_infinity=zero_infinity, xp=xp
-    )
+    prep = prepare(scores, counts, input_lengths=input_lengths, mask=mask, zero_infinity=zero_infinity, xp=xp)
     xp = prep.xp
     per_sample, residuals = _forward(prep, from_logits, zero_infinity, _generic)
     weights = _reduction_weights(prep, reduction)
-    grad = _backward(
-        xp, weights, prep.scores, prep.counts, residuals, prep.dtype, from_logits, _generic
-    )
+    grad = _backward(xp, weights, prep.scores, prep.counts, residuals, prep.dtype, from_logits, _generic)
     loss = _reduce(xp, per_sample, reduction)
     return xp.astype(loss, scores.dtype), xp.astype(xp.reshape(grad, prep.shape), scores.dtype)
 
@@ -352,22 +344,16 @@ def regression_ace_loss_and_grad(
     _check_reduction(reduction)
     prep = prepare(scores, counts, input_lengths=input_lengths, mask=mask, zero_infinity=True, xp=xp)
     xp = prep.xp
-    per_sample, excess = regression_forward(
-        xp, prep.scores, prep.counts, prep.valid, from_logits, prep.dtype
-    )
+    per_sample, excess = regression_forward(xp, prep.scores, prep.counts, prep.valid, from_logits, prep.dtype)
     loss = xp.astype(_reduce(xp, per_sample, reduction), scores.dtype)
     if not _with_grad:
         return loss, None
     weights = _reduction_weights(prep, reduction)
-    grad = regression_backward(
-        xp, weights, prep.scores, excess, prep.valid, from_logits, prep.dtype
-    )
+    grad = regression_backward(xp, weights, prep.scores, excess, prep.valid, from_logits, prep.dtype)
     return loss, xp.astype(xp.reshape(grad, prep.shape), scores.dtype)
 
 
-def entropy_floor(
-    counts: Array, *, reduction: Reduction = "none", xp: ArrayNamespace | None = None
-) -> Array:
+def entropy_floor(counts: Array, *, reduction: Reduction = "none", xp: ArrayNamespace | None = None) -> Array:
     r"""The smallest value that :func:`ace_loss` can take for ``counts``.
 
     .. math:: H(\bar N_b) = -\sum_{k: N_{bk} > 0} \bar N_{bk} \log \bar N_{bk},

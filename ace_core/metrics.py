@@ -65,7 +65,7 @@ def character_error_rate(predictions: Sequence[Label], references: Sequence[Labe
     """
     _check_pairs(predictions, references)
     total = sum(len(r) for r in references)
-    errors = sum(edit_distance(p, r) for p, r in zip(predictions, references))
+    errors = sum(edit_distance(p, r) for p, r in zip(predictions, references, strict=True))
     if total == 0:
         return 0.0 if errors == 0 else float("inf")
     return errors / total
@@ -80,7 +80,7 @@ def sequence_accuracy(predictions: Sequence[Label], references: Sequence[Label])
     0.5
     """
     _check_pairs(predictions, references)
-    return sum(list(p) == list(r) for p, r in zip(predictions, references)) / len(references)
+    return sum(list(p) == list(r) for p, r in zip(predictions, references, strict=True)) / len(references)
 
 
 def bag_accuracy(predictions: Sequence[Label], references: Sequence[Label]) -> float:
@@ -94,7 +94,8 @@ def bag_accuracy(predictions: Sequence[Label], references: Sequence[Label]) -> f
     0.5
     """
     _check_pairs(predictions, references)
-    return sum(Counter(p) == Counter(r) for p, r in zip(predictions, references)) / len(references)
+    matches = sum(Counter(p) == Counter(r) for p, r in zip(predictions, references, strict=True))
+    return matches / len(references)
 
 
 class CountingErrors(NamedTuple):
@@ -129,7 +130,9 @@ def counting_errors(predicted: Array, true: Array, *, classes: Sequence[int] | N
     p = np.asarray(to_numpy(predicted), dtype=np.float64)
     t = np.asarray(to_numpy(true), dtype=np.float64)
     if p.shape != t.shape or p.ndim != 2 or p.shape[0] == 0:
-        raise ValueError(f"`predicted` and `true` must share a shape (n >= 1, C), got {p.shape} and {t.shape}")
+        raise ValueError(
+            f"`predicted` and `true` must share a shape (n >= 1, C), got {p.shape} and {t.shape}"
+        )
     if classes is not None:
         p, t = p[:, list(classes)], t[:, list(classes)]
     squared = (p - t) ** 2
