@@ -10,7 +10,7 @@ Nothing here writes to an input.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -103,14 +103,6 @@ def _valid_steps(
             raise ValueError(
                 f"`input_lengths` must have shape (B,) = ({batch},), got {tuple(input_lengths.shape)}"
             )
-        if not is_lazy(input_lengths):
-            bad = (input_lengths < 0) | (input_lengths > steps)
-            found = first_bad_sample(xp, bad)
-            if found is not None:
-                raise ValueError(
-                    f"`input_lengths` must lie in [0, T={steps}]; {_sample_message(found)} "
-                    f"has length {int(input_lengths[found[0]])}"
-                )
         positions = xp.arange(steps, dtype=input_lengths.dtype, device=device)
         return positions[None, :] < input_lengths[:, None]
     if mask is not None:
@@ -170,7 +162,10 @@ def prepare(
     feasible = (lengths > 0) & xp.all(counts_f >= 0, axis=1)
 
     if not is_lazy(scores, counts, input_lengths, mask):
-        _check_count_values(xp, counts, counts_f, lengths, feasible, zero_infinity, check_sums)
+        checks = _value_checks(xp, counts, counts_f, lengths, feasible, zero_infinity, check_sums)
+        if input_lengths is not None:
+            checks.insert(0, _length_check(xp, input_lengths, steps))
+        _raise_first_failure(xp, checks)
     return Prepared(
         xp=xp,
         device=device,
@@ -184,7 +179,39 @@ def prepare(
     )
 
 
-def _check_count_values(
+_Check = tuple[Array, Callable[[tuple[int, int]], str]]
+
+
+def _raise_first_failure(xp: ArrayNamespace, checks: list[_Check]) -> None:
+    """Raise ``ValueError`` for the first check with a bad sample.
+
+    The flags of all checks are combined first so that valid inputs cost one
+    device-to-host synchronisation, however many checks there are.
+    """
+    if not checks:
+        return
+    combined = checks[0][0]
+    for bad, _ in checks[1:]:
+        combined = combined | bad
+    if not bool(xp.any(combined)):
+        return
+    for bad, message in checks:
+        found = first_bad_sample(xp, bad)
+        if found is not None:
+            raise ValueError(message(found))
+
+
+def _length_check(xp: ArrayNamespace, input_lengths: Array, steps: int) -> _Check:
+    def message(found: tuple[int, int]) -> str:
+        return (
+            f"`input_lengths` must lie in [0, T={steps}]; {_sample_message(found)} "
+            f"has length {int(input_lengths[found[0]])}"
+        )
+
+    return (input_lengths < 0) | (input_lengths > steps), message
+
+
+def _value_checks(
     xp: ArrayNamespace,
     counts: Array,
     counts_f: Array,
@@ -192,37 +219,48 @@ def _check_count_values(
     feasible: Array,
     zero_infinity: bool,
     check_sums: bool,
-) -> None:
+) -> list[_Check]:
+    checks: list[_Check] = []
     if is_floating(xp, counts.dtype):
-        fractional = xp.any(xp.floor(counts) != counts, axis=1)
-        found = first_bad_sample(xp, fractional)
-        if found is not None:
-            raise ValueError(
-                f"`counts` must hold whole numbers; {_sample_message(found)} has a fractional "
-                "(or non-finite) count"
+        checks.append(
+            (
+                xp.any(xp.floor(counts) != counts, axis=1),
+                lambda found: (
+                    f"`counts` must hold whole numbers; {_sample_message(found)} has a "
+                    "fractional (or non-finite) count"
+                ),
             )
+        )
     if not zero_infinity:
-        found = first_bad_sample(xp, lengths == 0)
-        if found is not None:
-            raise ValueError(
-                f"{_sample_message(found)} has no valid step (T_b = 0); pass zero_infinity=True "
-                "to give such samples loss 0 and gradient 0"
+        checks.append(
+            (
+                lengths == 0,
+                lambda found: (
+                    f"{_sample_message(found)} has no valid step (T_b = 0); pass "
+                    "zero_infinity=True to give such samples loss 0 and gradient 0"
+                ),
             )
-        found = first_bad_sample(xp, ~feasible)
-        if found is not None:
-            raise ValueError(
-                f"{_sample_message(found)} has a negative count (a label longer than its input, "
-                "T_b < |S_b|, gives a negative blank count); pass zero_infinity=True to give "
-                "such samples loss 0 and gradient 0"
+        )
+        checks.append(
+            (
+                ~feasible,
+                lambda found: (
+                    f"{_sample_message(found)} has a negative count (a label longer "
+                    "than its input, T_b < |S_b|, gives a negative blank count); pass "
+                    "zero_infinity=True to give such samples loss 0 and gradient 0"
+                ),
             )
+        )
     if check_sums:
-        wrong = feasible & (xp.sum(counts_f, axis=1) != lengths)
-        found = first_bad_sample(xp, wrong)
-        if found is not None:
+
+        def sum_message(found: tuple[int, int]) -> str:
             index = found[0]
-            raise ValueError(
+            return (
                 f"`counts` of {_sample_message(found)} sum to {float(xp.sum(counts_f[index, :]))} "
                 f"but the sample has T_b = {float(lengths[index])} valid steps; the blank "
                 "(background) entry must hold T_b minus the other counts "
                 "(see `counts_from_targets` and `counts_with_background`)"
             )
+
+        checks.append((feasible & (xp.sum(counts_f, axis=1) != lengths), sum_message))
+    return checks
