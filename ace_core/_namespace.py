@@ -56,8 +56,21 @@ def common_device(names: Sequence[str], arrays: Sequence[Array]) -> Device:
 
 
 def is_lazy(*arrays: Array) -> bool:
-    """True when a value-dependent check cannot run (e.g. ``jax.jit`` tracers)."""
-    return any(a is not None and array_api_compat.is_lazy_array(a) for a in arrays)
+    """True when a value-dependent check cannot run (e.g. ``jax.jit`` tracers).
+
+    ``array_api_compat.is_lazy_array`` calls every JAX array lazy; a concrete
+    (eager) JAX array can be checked like any other, so only tracers count here.
+    """
+    return any(a is not None and _is_lazy_array(a) for a in arrays)
+
+
+def _is_lazy_array(x: Array) -> bool:
+    if array_api_compat.is_jax_array(x):
+        # jax is imported already: x is one of its arrays.
+        import jax
+
+        return isinstance(x, jax.core.Tracer)
+    return bool(array_api_compat.is_lazy_array(x))
 
 
 def is_floating(xp: ArrayNamespace, dtype: DType) -> bool:

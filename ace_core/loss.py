@@ -18,7 +18,7 @@ from array_api_compat import device
 
 from ._dispatch import kernel_for
 from ._inputs import Prepared, prepare
-from ._kernel import loss_from_log_mass, regression_backward, regression_forward, safe_log
+from ._kernel import loss_from_log_mass, regression_backward, regression_forward
 from ._namespace import arrays_namespace, compute_dtype
 from ._typing import Array, ArrayNamespace, Reduction
 
@@ -46,8 +46,8 @@ class ACEResiduals(NamedTuple):
     log_mass: Array  #: (B, C) log Σ_{t valid} y_btk
     valid: Array  #: (B, T) bool, the valid steps
     lengths: Array  #: (B,) T_b in the accumulation dtype
-    keep: Array  #: (B,) bool, False for samples zeroed by ``zero_infinity``
-    zero_infinity: bool
+    keep: Array  #: (B,) bool, False for infeasible samples (T_b = 0 or a negative count)
+    zero_infinity: bool  #: whether infeasible samples get loss and gradient 0 (else NaN)
 
 
 def _check_reduction(reduction: str) -> None:
@@ -389,7 +389,8 @@ def entropy_floor(counts: Array, *, reduction: Reduction = "none", xp: ArrayName
     c = xp.astype(counts, dtype)
     total = xp.sum(c, axis=1, keepdims=True)
     n_bar = c / xp.where(total > 0, total, 1)
-    terms = xp.where(c > 0, n_bar * safe_log(xp, n_bar), 0)
+    # log of a placeholder 1 where N = 0, so that no 0 * -inf is ever formed.
+    terms = xp.where(c > 0, n_bar * xp.log(xp.where(c > 0, n_bar, 1)), 0)
     return _reduce(xp, -xp.sum(terms, axis=1), reduction)
 
 

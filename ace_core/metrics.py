@@ -33,6 +33,7 @@ def edit_distance(prediction: Label, reference: Label) -> int:
 
     Examples
     --------
+    >>> from ace_core import edit_distance
     >>> edit_distance("kitten", "sitting")
     3
     """
@@ -60,6 +61,7 @@ def character_error_rate(predictions: Sequence[Label], references: Sequence[Labe
 
     Examples
     --------
+    >>> from ace_core import character_error_rate
     >>> character_error_rate([[1, 2], [3]], [[1, 2, 2], [3]])
     0.25
     """
@@ -76,6 +78,7 @@ def sequence_accuracy(predictions: Sequence[Label], references: Sequence[Label])
 
     Examples
     --------
+    >>> from ace_core import sequence_accuracy
     >>> sequence_accuracy([[1, 2], [3]], [[1, 2], [4]])
     0.5
     """
@@ -90,6 +93,7 @@ def bag_accuracy(predictions: Sequence[Label], references: Sequence[Label]) -> f
 
     Examples
     --------
+    >>> from ace_core import bag_accuracy
     >>> bag_accuracy([[2, 1], [3, 3]], [[1, 2], [3]])
     0.5
     """
@@ -123,6 +127,7 @@ def counting_errors(predicted: Array, true: Array, *, classes: Sequence[int] | N
     Examples
     --------
     >>> import numpy as np
+    >>> from ace_core import counting_errors
     >>> errors = counting_errors(np.array([[1, 2], [3, 3]]), np.array([[1, 3], [3, 3]]))
     >>> errors.rmse.round(4).tolist(), round(errors.mean_rel_rmse, 4)
     ([0.0, 0.7071], 0.1768)

@@ -1,0 +1,397 @@
+"""The ``ace`` command: ``ace info`` and ``ace bench``.
+
+``ace info`` lists the versions and, for each backend (NumPy,
+array_api_strict, torch CPU/CUDA, JAX CPU/GPU, CuPy), whether it can run here
+and on which devices. ``ace bench`` runs the benchmark protocol of SPEC §5
+(:mod:`ace_core.bench`): ACE forward+backward against torch's CTC and against
+a device copy (the memory floor) on every usable backend.
+
+Heavy imports (torch, JAX, CuPy, and the benchmark module) happen inside the
+subcommands, and only for installed libraries. ``python -m ace_core.cli``
+works as ``ace``.
+
+Examples
+--------
+::
+
+    ace info
+    ace bench                                   # numpy, torch, jax, ... at C = 37 and 7357
+    ace bench --backend numpy,torch --classes 37 --repeat 15
+    ace bench --backend torch:cuda --dtype bfloat16 --json > bench.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import platform
+import sys
+from collections.abc import Sequence
+from typing import Any, TextIO
+
+__all__ = ["main", "build_parser"]
+
+_BACKEND_HELP = (
+    "comma-separated backends: numpy, array_api_strict, torch (CPU), torch:cuda, jax (CPU), "
+    "jax:gpu, cupy (default: every usable one but array_api_strict)"
+)
+
+
+def _int_list(text: str) -> list[int]:
+    try:
+        values = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+    if not values:
+        raise argparse.ArgumentTypeError("expected at least one integer")
+    return values
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``ace`` (exposed for documentation tools).
+
+    Returns
+    -------
+    argparse.ArgumentParser
+    """
+    from . import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="ace",
+        description="Aggregation Cross-Entropy (ACE) loss: environment report and benchmarks.",
+    )
+    parser.add_argument("--version", action="version", version=f"ace_core {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    info = commands.add_parser(
+        "info",
+        help="versions, and which backends (array libraries and devices) are usable",
+        description="Print ace_core's version, Python's, the array libraries' and, for each "
+        "backend, whether it is usable, its version and its devices.",
+    )
+    info.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+
+    bench = commands.add_parser(
+        "bench",
+        help="ACE vs torch CTC vs the memory floor (SPEC §5 protocol)",
+        description="Median forward+backward time of ace_loss_and_grad, of torch's CTC "
+        "(log_softmax + ctc_loss + backward, on the same device) and of a device copy of the "
+        "scores, for each backend and number of classes. The fraction of the memory floor is "
+        "1.5 x copy time / ACE time (ACE must move 3 passes of B*T*C*itemsize, a copy moves 2). "
+        "Progress goes to stderr.",
+    )
+    from .bench import (
+        DEFAULT_BATCH,
+        DEFAULT_CLASSES,
+        DEFAULT_DTYPE,
+        DEFAULT_MIN_TIME_S,
+        DEFAULT_REPEAT,
+        DEFAULT_STEPS,
+        DTYPES,
+    )
+
+    bench.add_argument("--backend", "--backends", dest="backend", default=None, help=_BACKEND_HELP)
+    bench.add_argument(
+        "--classes",
+        type=_int_list,
+        default=list(DEFAULT_CLASSES),
+        help="comma-separated numbers of classes C, blank included (default: %(default)s)",
+    )
+    bench.add_argument("--batch", type=_positive_int, default=DEFAULT_BATCH, help="B (default: %(default)s)")
+    bench.add_argument(
+        "--steps",
+        type=_positive_int,
+        default=DEFAULT_STEPS,
+        help="T, prediction steps (default: %(default)s)",
+    )
+    bench.add_argument(
+        "--repeat",
+        type=_positive_int,
+        default=DEFAULT_REPEAT,
+        help="timed samples per measurement; the median is reported (default: %(default)s)",
+    )
+    bench.add_argument(
+        "--dtype",
+        choices=DTYPES,
+        default=DEFAULT_DTYPE,
+        help="scores dtype; float16/bfloat16 on GPU backends only (default: %(default)s)",
+    )
+    bench.add_argument(
+        "--seed", type=int, default=0, help="seed of the synthetic batch (default: %(default)s)"
+    )
+    bench.add_argument(
+        "--min-time-ms",
+        type=float,
+        default=DEFAULT_MIN_TIME_S * 1e3,
+        help="fast calls are timed until the timed calls add up to this long (default: %(default)s)",
+    )
+    bench.add_argument(
+        "--threads",
+        type=_positive_int,
+        default=None,
+        help="set torch's intra-op threads for the run (default: torch's own choice, reported)",
+    )
+    bench.add_argument("--no-jit", action="store_true", help="run ACE eagerly on JAX (default: jax.jit)")
+    bench.add_argument(
+        "--json", action="store_true", help="print {'header': {...}, 'records': [...]} as JSON to stdout"
+    )
+    bench.add_argument("--quiet", "-q", action="store_true", help="no progress lines on stderr")
+    return parser
+
+
+# --------------------------------------------------------------------------- info
+
+
+def _library_versions() -> dict[str, str | None]:
+    import importlib.metadata
+
+    versions: dict[str, str | None] = {}
+    for distribution in ("numpy", "array-api-compat", "array-api-extra"):
+        try:
+            versions[distribution] = importlib.metadata.version(distribution)
+        except importlib.metadata.PackageNotFoundError:
+            versions[distribution] = None
+    return versions
+
+
+def _info(args: argparse.Namespace, out: TextIO) -> int:
+    from . import __version__
+    from .bench import probe_backends
+
+    statuses = probe_backends()
+    report: dict[str, Any] = {
+        "ace_core": __version__,
+        "python": f"{platform.python_version()} ({platform.python_implementation()})",
+        "executable": sys.executable,
+        "platform": platform.platform(),
+        "libraries": _library_versions(),
+        "backends": [s.as_dict() for s in statuses],
+    }
+    if args.json:
+        json.dump(report, out, indent=2)
+        out.write("\n")
+        return 0
+    print(f"ace_core   {report['ace_core']}", file=out)
+    print(f"Python     {report['python']} at {report['executable']}", file=out)
+    print(f"platform   {report['platform']}", file=out)
+    for name, version in report["libraries"].items():
+        print(f"{name:<17}  {version or 'not installed'}", file=out)
+    print("", file=out)
+    rows = [("backend", "usable", "version", "devices / reason")]
+    for s in statuses:
+        where = ", ".join(s.devices) if s.usable else (s.reason or "")
+        if s.usable and s.name == "torch" and "num_threads" in s.details:
+            where += f" ({s.details['num_threads']} threads)"
+        rows.append((s.name, "yes" if s.usable else "no", s.version or "-", where))
+    _print_table(rows, out, align="llll")
+    return 0
+
+
+# --------------------------------------------------------------------------- bench
+
+
+def _fmt_ms(value: float | None) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    if value >= 100:
+        return f"{value:.1f}"
+    if value >= 1:
+        return f"{value:.2f}"
+    if value <= 0:
+        return f"{value:.3f}"
+    # three significant digits below 1 ms: 0.512, 0.0421, 0.00317
+    return f"{value:.{max(3, 2 - math.floor(math.log10(value)))}f}"
+
+
+def _fmt(value: float | None, spec: str) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    return format(value, spec)
+
+
+def _fmt_percent(fraction: float | None) -> str:
+    if fraction is None or math.isnan(fraction):
+        return "-"
+    return f"{100 * fraction:.1f} %"
+
+
+def _print_table(rows: list[tuple[str, ...]], out: TextIO, align: str) -> None:
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for n, row in enumerate(rows):
+        cells = [
+            cell.ljust(width) if side == "l" else cell.rjust(width)
+            for cell, width, side in zip(row, widths, align, strict=True)
+        ]
+        print("  ".join(cells).rstrip(), file=out)
+        if n == 0:
+            print("  ".join("-" * w for w in widths), file=out)
+
+
+def _bench_table(records: Sequence[Any], header: dict[str, Any], out: TextIO) -> None:
+    cfg = header["config"]
+    libs = header["libraries"]
+    used_libs = _used_libraries(records)
+    used = ", ".join(f"{k} {v}" for k, v in libs.items() if v is not None and k in used_libs)
+    run_threads = [r.torch_threads for r in records if r.torch_threads is not None]
+    threads = run_threads[0] if run_threads else header["threads"].get("torch_num_threads")
+    print(f"ace_core {header['ace_core']}, Python {header['python']}; {used}", file=out)
+    print(
+        f"{header['cpu']}, {header['cpu_count']} CPUs ({header['cpu_affinity']} usable), "
+        f"THP {header['transparent_hugepages']}, torch threads {threads if threads is not None else '-'}",
+        file=out,
+    )
+    print(
+        f"B={cfg['batch']} T={cfg['steps']} seed={cfg['seed']}; per-call wall clock, median of "
+        f">= {cfg['repeat']} calls; CTC = torch log_softmax + ctc_loss + backward (mean); "
+        "floor = 1.5 x copy ms (3 passes of B*T*C*itemsize)",
+        file=out,
+    )
+    print("", file=out)
+    rows = [
+        ("backend", "device", "C", "dtype", "ACE ms", "CTC ms", "ACE/CTC", "copy ms", "floor", "ACE GB/s")
+    ]
+    errors = []
+    for r in records:
+        if r.error is not None:
+            errors.append(r)
+            rows.append((r.backend, r.device, str(r.classes), r.dtype, "error", "", "", "", "", ""))
+            continue
+        backend = r.backend + (" (jit)" if r.jit else " (eager)" if r.jit is False else "")
+        rows.append(
+            (
+                backend,
+                r.device,
+                str(r.classes),
+                r.dtype,
+                _fmt_ms(r.ace_ms),
+                _fmt_ms(r.ctc_ms),
+                _fmt(r.ace_over_ctc, ".3f"),
+                _fmt_ms(r.copy_ms),
+                _fmt_percent(r.floor_fraction),
+                _fmt(r.ace_gbps, ".2f"),
+            )
+        )
+    _print_table(rows, out, align="llrlrrrrrr")
+    for r in records:
+        for note in r.notes:
+            print(f"note: {r.backend} C={r.classes}: {note}", file=out)
+    if (
+        "torch" in used_libs
+        and header["transparent_hugepages"] == "madvise"
+        and "THP_MEM_ALLOC_ENABLE" not in header["environment"]
+    ):
+        print(
+            "note: THP is 'madvise' and THP_MEM_ALLOC_ENABLE is unset, so torch's large CPU "
+            "allocations are not huge-page backed (page faults are part of its times)",
+            file=out,
+        )
+    for r in errors:
+        print(f"error: {r.backend} C={r.classes}: {r.error}", file=out)
+
+
+def _used_libraries(records: Sequence[Any]) -> set[str]:
+    from .bench import _LIBRARY
+
+    used = {"numpy"}
+    for r in records:
+        used.add(_LIBRARY.get(r.backend, r.backend))
+        if r.ctc_device is not None:
+            used.add("torch")
+    return used
+
+
+def _bench(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    from .bench import BenchError, environment_header, run_protocol
+
+    def progress(line: str) -> None:
+        if not args.quiet:
+            print(line, file=err, flush=True)
+
+    try:
+        records = run_protocol(
+            args.backend,
+            classes=args.classes,
+            batch=args.batch,
+            steps=args.steps,
+            dtype=args.dtype,
+            repeat=args.repeat,
+            seed=args.seed,
+            jit=not args.no_jit,
+            min_time_s=args.min_time_ms / 1e3,
+            threads=args.threads,
+            progress=progress,
+        )
+    except BenchError as error:
+        print(f"ace bench: error: {error}", file=err)
+        return 2
+    header = environment_header(
+        backends=[r.backend for r in records],
+        classes=args.classes,
+        batch=args.batch,
+        steps=args.steps,
+        dtype=args.dtype,
+        repeat=args.repeat,
+        seed=args.seed,
+        jit=not args.no_jit,
+        min_time_s=args.min_time_ms / 1e3,
+        threads=args.threads,
+    )
+    if args.json:
+        json.dump({"header": header, "records": [r.as_dict() for r in records]}, out, indent=2)
+        out.write("\n")
+    else:
+        _bench_table(records, header, out)
+    return 1 if any(r.error is not None for r in records) else 0
+
+
+# --------------------------------------------------------------------------- entry point
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``ace`` command.
+
+    Parameters
+    ----------
+    argv : sequence of str, optional
+        The arguments after the program name; ``sys.argv[1:]`` when omitted.
+
+    Returns
+    -------
+    int
+        The exit code: 0 on success (and for ``ace`` alone, which prints the
+        help), 1 when a benchmark case failed, 2 for a usage error, 130 when
+        interrupted.
+    """
+    parser = build_parser()
+    try:
+        args = parser.parse_args(list(argv) if argv is not None else None)
+    except SystemExit as exit_:  # --help, --version and usage errors
+        return exit_.code if isinstance(exit_.code, int) else (0 if exit_.code is None else 2)
+    out, err = sys.stdout, sys.stderr
+    try:
+        if args.command == "info":
+            return _info(args, out)
+        if args.command == "bench":
+            return _bench(args, out, err)
+        parser.print_help(out)
+        return 0
+    except KeyboardInterrupt:
+        print("interrupted", file=err)
+        return 130
+    except BrokenPipeError:  # `ace bench | head`
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
