@@ -10,14 +10,15 @@ Nothing here writes to an input.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import numbers
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from ._namespace import arrays_namespace, common_device, compute_dtype, is_floating, is_integer, is_lazy
 from ._typing import Array, ArrayNamespace, Device, DType
 
-__all__ = ["Prepared", "prepare", "first_bad_sample", "as_index_array"]
+__all__ = ["Prepared", "prepare", "first_bad_sample", "as_index_array", "is_array"]
 
 
 @dataclass(frozen=True)
@@ -35,15 +36,29 @@ class Prepared:
     feasible: Array  # (B,) bool: T_b > 0 and no negative count
 
 
-def as_index_array(value: Any, name: str, xp: ArrayNamespace, device: Device) -> Array | None:
-    """Python ints/sequences become an integer array on ``device``; arrays pass through."""
+def as_index_array(
+    value: Any, name: str, batch: int | None, xp: ArrayNamespace, device: Device
+) -> Array | None:
+    """An integer scalar (one value for every sample) or a list becomes an array on ``device``.
+
+    Arrays pass through unchanged; ``batch=None`` means a scalar is not accepted.
+    """
     if value is None:
         return None
     if isinstance(value, bool):
         raise TypeError(f"`{name}` must be integers, got a bool")
-    if isinstance(value, Sequence):
+    if isinstance(value, numbers.Integral):
+        if batch is None:
+            raise TypeError(f"`{name}` must be a sequence or array of shape (B,), got {value!r}")
+        return xp.full((batch,), int(value), device=device)
+    if isinstance(value, (list, tuple)):
         return xp.asarray(list(value), device=device)
     return value
+
+
+def is_array(value: Any) -> bool:
+    """True for an array (not None, a Python/NumPy scalar or a list)."""
+    return value is not None and not isinstance(value, (numbers.Number, list, tuple))
 
 
 def first_bad_sample(xp: ArrayNamespace, bad: Array) -> tuple[int, int] | None:
@@ -140,18 +155,15 @@ def prepare(
         counts, count rows that do not sum to ``T_b``, and (unless
         ``zero_infinity``) samples with ``T_b = 0`` or a negative count.
     """
-    lengths_is_array = input_lengths is not None and not isinstance(input_lengths, (int, Sequence))
-    xp = arrays_namespace(scores, counts, input_lengths if lengths_is_array else None, mask, xp=xp)
+    xp = arrays_namespace(scores, counts, input_lengths, mask, xp=xp)
     device = common_device(
         ("scores", "counts", "input_lengths", "mask"),
-        (scores, counts, input_lengths if lengths_is_array else None, mask),
+        (scores, counts, input_lengths if is_array(input_lengths) else None, mask),
     )
     _check_scores(xp, scores)
     batch, classes = scores.shape[0], scores.shape[-1]
     _check_counts(xp, counts, batch, classes)
-    if isinstance(input_lengths, int) and not isinstance(input_lengths, bool):
-        input_lengths = xp.full((batch,), input_lengths, device=device)
-    input_lengths = as_index_array(input_lengths, "input_lengths", xp, device)
+    input_lengths = as_index_array(input_lengths, "input_lengths", batch, xp, device)
     valid = _valid_steps(xp, scores, input_lengths, mask, device)
     steps = valid.shape[1]
     scores3 = xp.reshape(scores, (batch, steps, classes)) if scores.ndim == 4 else scores

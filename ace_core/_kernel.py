@@ -65,7 +65,9 @@ def _log_softmax(xp: ArrayNamespace, a: Array) -> tuple[Array, Array]:
 
 def forward_logits(xp: ArrayNamespace, scores: Array, valid: Array, dtype: DType) -> tuple[Array, Array]:
     """``(log_norm (B, T), log_mass (B, C))`` from logits ``(B, T, C)``."""
-    a = xp.astype(scores, dtype, copy=False)
+    # Masked steps may hold any padding (-inf from masked_fill, NaN); zero
+    # them so that they neither warn nor leak into the valid steps.
+    a = xp.where(valid[:, :, None], xp.astype(scores, dtype, copy=False), 0)
     log_y, log_norm = _log_softmax(xp, a)
     return log_norm, _masked_logsumexp_over_steps(xp, log_y, valid)
 
@@ -110,13 +112,14 @@ def backward_logits(
     dtype: DType,
 ) -> Array:
     """``g_b (y s - N̄ r)`` ``(B, T, C)`` in ``dtype``, 0 at masked steps."""
-    a = xp.astype(scores, dtype, copy=False)
-    log_y = a - log_norm[:, :, None]
+    # -inf at masked steps makes y and N̄ r exactly 0 there, whatever the padding.
+    log_y = xp.where(
+        valid[:, :, None], xp.astype(scores, dtype, copy=False) - log_norm[:, :, None], -math.inf
+    )
     weight = _log_target_over_mass(xp, counts, lengths, log_mass)
     pull = xp.exp(log_y + weight[:, None, :])  # N̄ r, in [0, N̄]
     push = xp.sum(pull, axis=-1, keepdims=True)  # s, in [0, 1]
     grad = xp.exp(log_y) * push - pull
-    grad = xp.where(valid[:, :, None], grad, 0)
     return grad * grad_out[:, None, None]
 
 

@@ -6,6 +6,7 @@ hundred nanoseconds and raises ``TypeError`` on arrays from two libraries.
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Sequence
 from typing import Any
 
@@ -28,13 +29,17 @@ __all__ = [
 def arrays_namespace(*arrays: Any, xp: ArrayNamespace | None = None) -> ArrayNamespace:
     """The namespace of ``arrays`` (``None`` entries and Python scalars ignored).
 
-    Raises ``TypeError`` when the arrays come from two libraries: ACE never
-    copies an array to another library or to the host behind the caller's back.
+    Raises ``TypeError`` when the arrays come from two libraries, also when
+    ``xp`` is given: ACE never copies an array to another library or to the
+    host behind the caller's back.
     """
+    present = [a for a in arrays if a is not None and not isinstance(a, (numbers.Number, list, tuple))]
+    found = array_api_compat.array_namespace(*present) if present else None
     if xp is not None:
         return xp
-    present = [a for a in arrays if a is not None and not isinstance(a, (int, float, bool))]
-    return array_api_compat.array_namespace(*present)
+    if found is None:
+        raise TypeError("no array given")
+    return found
 
 
 def common_device(names: Sequence[str], arrays: Sequence[Array]) -> Device:

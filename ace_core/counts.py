@@ -11,7 +11,7 @@ from typing import Any
 
 import array_api_extra as xpx
 
-from ._inputs import as_index_array, first_bad_sample
+from ._inputs import as_index_array, first_bad_sample, is_array
 from ._namespace import arrays_namespace, common_device, is_integer, is_lazy
 from ._typing import Array, ArrayNamespace
 
@@ -19,9 +19,7 @@ __all__ = ["counts_from_targets", "counts_with_background"]
 
 
 def _lengths_array(value: Any, name: str, batch: int, xp: ArrayNamespace, device: Any) -> Array:
-    if isinstance(value, int) and not isinstance(value, bool):
-        return xp.full((batch,), value, device=device)
-    array = as_index_array(value, name, xp, device)
+    array = as_index_array(value, name, batch, xp, device)
     if not is_integer(xp, array.dtype):
         raise TypeError(f"`{name}` must be integers, got dtype {array.dtype}")
     if array.ndim != 1 or array.shape[0] != batch:
@@ -50,9 +48,11 @@ def _padded_layout(
     if targets.ndim == 1:
         if target_lengths is None:
             raise ValueError("concatenated 1D `targets` need `target_lengths`")
-        lengths = as_index_array(target_lengths, "target_lengths", xp, device)
-        if lengths.ndim != 1 or not is_integer(xp, lengths.dtype):
-            raise ValueError("`target_lengths` must be a 1D integer array of shape (B,)")
+        lengths = as_index_array(target_lengths, "target_lengths", None, xp, device)
+        if not is_integer(xp, lengths.dtype):
+            raise TypeError(f"`target_lengths` must be integers, got dtype {lengths.dtype}")
+        if lengths.ndim != 1:
+            raise ValueError(f"`target_lengths` must have shape (B,), got {tuple(lengths.shape)}")
         batch = lengths.shape[0]
         if not is_lazy(lengths, targets):
             if bool(xp.any(lengths < 0)) or int(xp.sum(lengths)) != targets.shape[0]:
@@ -121,8 +121,11 @@ def counts_from_targets(
     >>> counts_from_targets(np.array([[3, 1, 3, 0]]), [3], num_classes=4, input_lengths=[6])
     array([[3, 1, 0, 2]])
     """
-    xp = arrays_namespace(targets, xp=xp)
-    device = common_device(("targets",), (targets,))
+    xp = arrays_namespace(targets, target_lengths, input_lengths, xp=xp)
+    device = common_device(
+        ("targets", "target_lengths", "input_lengths"),
+        [v if is_array(v) else None for v in (targets, target_lengths, input_lengths)],
+    )
     if not is_integer(xp, targets.dtype):
         raise TypeError(f"`targets` must be integers, got dtype {targets.dtype}")
     if not 0 <= blank < num_classes:
@@ -189,8 +192,11 @@ def counts_with_background(
     >>> counts_with_background(np.array([[0, 2, 5]]), input_lengths=16)
     array([[9, 2, 5]])
     """
-    xp = arrays_namespace(object_counts, xp=xp)
-    device = common_device(("object_counts",), (object_counts,))
+    xp = arrays_namespace(object_counts, input_lengths, xp=xp)
+    device = common_device(
+        ("object_counts", "input_lengths"),
+        [v if is_array(v) else None for v in (object_counts, input_lengths)],
+    )
     if object_counts.ndim != 2:
         raise ValueError(f"`object_counts` must have shape (B, C), got {tuple(object_counts.shape)}")
     batch, classes = object_counts.shape

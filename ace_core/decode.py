@@ -56,7 +56,7 @@ def decode_greedy(
     >>> decode_greedy(np.eye(4)[best])
     [[3, 3, 1]]
     """
-    xp = arrays_namespace(scores, mask, xp=xp)
+    xp = arrays_namespace(scores, input_lengths, mask, xp=xp)
     if scores.ndim not in (3, 4):
         raise ValueError(f"`scores` must have shape (B, T, C) or (B, H, W, C), got {tuple(scores.shape)}")
     if order not in ("row", "column"):
@@ -125,7 +125,7 @@ def decode_counts(
     >>> decode_counts(probs, from_logits=False)
     array([[1, 2]])
     """
-    xp = arrays_namespace(scores, mask, xp=xp)
+    xp = arrays_namespace(scores, input_lengths, mask, xp=xp)
     if scores.ndim not in (3, 4):
         raise ValueError(f"`scores` must have shape (B, T, C) or (B, H, W, C), got {tuple(scores.shape)}")
     batch, classes = scores.shape[0], scores.shape[-1]

@@ -47,7 +47,9 @@ class ACEResiduals(NamedTuple):
     valid: Array  #: (B, T) bool, the valid steps
     lengths: Array  #: (B,) T_b in the accumulation dtype
     keep: Array  #: (B,) bool, False for infeasible samples (T_b = 0 or a negative count)
-    zero_infinity: bool  #: whether infeasible samples get loss and gradient 0 (else NaN)
+    #: () the loss and gradient of infeasible samples: 0 with ``zero_infinity``, else NaN.
+    #: An array rather than a bool so that the residuals can cross a ``jax.jit`` boundary.
+    drop_value: Array
 
 
 def _check_reduction(reduction: str) -> None:
@@ -71,10 +73,14 @@ def _reduction_weights(prep: Prepared, reduction: Reduction) -> Array:
     return xp.full((batch,), scale, dtype=prep.dtype, device=prep.device)
 
 
-def _mask_infeasible(xp: ArrayNamespace, values: Array, keep: Array, zero_infinity: bool) -> Array:
-    filler = 0.0 if zero_infinity else math.nan
+def _drop_value(prep: Prepared, zero_infinity: bool) -> Array:
+    value = 0.0 if zero_infinity else math.nan
+    return prep.xp.asarray(value, dtype=prep.dtype, device=prep.device)
+
+
+def _mask_infeasible(xp: ArrayNamespace, values: Array, keep: Array, drop_value: Array) -> Array:
     shape = (keep.shape[0],) + (1,) * (values.ndim - 1)
-    return xp.where(xp.reshape(keep, shape), values, filler)
+    return xp.where(xp.reshape(keep, shape), values, drop_value)
 
 
 def _forward(prep: Prepared, from_logits: bool, zero_infinity: bool, generic: bool):
@@ -85,8 +91,9 @@ def _forward(prep: Prepared, from_logits: bool, zero_infinity: bool, generic: bo
     else:
         log_norm, log_mass = None, kernel.forward_probs(xp, prep.scores, prep.valid, prep.dtype)
     per_sample = loss_from_log_mass(xp, prep.counts, prep.lengths, log_mass)
-    per_sample = _mask_infeasible(xp, per_sample, prep.feasible, zero_infinity)
-    residuals = ACEResiduals(log_norm, log_mass, prep.valid, prep.lengths, prep.feasible, zero_infinity)
+    drop_value = _drop_value(prep, zero_infinity)
+    per_sample = _mask_infeasible(xp, per_sample, prep.feasible, drop_value)
+    residuals = ACEResiduals(log_norm, log_mass, prep.valid, prep.lengths, prep.feasible, drop_value)
     return per_sample, residuals
 
 
@@ -111,7 +118,7 @@ def _backward(
         grad = kernel.backward_probs(
             xp, grad_out, scores3, counts, res.valid, res.lengths, res.log_mass, dtype
         )
-    return _mask_infeasible(xp, grad, res.keep, res.zero_infinity)
+    return _mask_infeasible(xp, grad, res.keep, res.drop_value)
 
 
 def ace_forward(
@@ -203,7 +210,8 @@ def ace_backward(
     dtype = compute_dtype(xp, scores.dtype)
     if tuple(counts.shape) != (batch, classes):
         raise ValueError(f"`counts` must have shape ({batch}, {classes}), got {tuple(counts.shape)}")
-    grad_out = xp.broadcast_to(xp.astype(xp.asarray(grad_output), dtype), (batch,))
+    grad_out = xp.asarray(grad_output, device=device(scores))
+    grad_out = xp.broadcast_to(xp.astype(grad_out, dtype), (batch,))
     grad = _backward(xp, grad_out, scores3, xp.astype(counts, dtype), residuals, dtype, from_logits, _generic)
     return xp.astype(xp.reshape(grad, scores.shape), scores.dtype)
 
