@@ -6,11 +6,24 @@ from typing import Any, Literal
 
 from array_api_compat import device as _device
 
-from ._inputs import prepare
+from ._inputs import Prepared, prepare
 from ._namespace import arrays_namespace, to_numpy
 from ._typing import Array, ArrayNamespace
 
 __all__ = ["decode_greedy", "decode_counts"]
+
+
+def _prepare_scores(
+    scores: Array, input_lengths: Any, mask: Array | None, xp: ArrayNamespace | None
+) -> Prepared:
+    """Scores and valid steps checked as for the loss; decoding needs no counts."""
+    xp = arrays_namespace(scores, input_lengths, mask, xp=xp)
+    if scores.ndim not in (3, 4):
+        raise ValueError(f"`scores` must have shape (B, T, C) or (B, H, W, C), got {tuple(scores.shape)}")
+    no_counts = xp.zeros((scores.shape[0], scores.shape[-1]), dtype=xp.int32, device=_device(scores))
+    return prepare(
+        scores, no_counts, input_lengths=input_lengths, mask=mask, zero_infinity=True, check_sums=False, xp=xp
+    )
 
 
 def decode_greedy(
@@ -56,22 +69,10 @@ def decode_greedy(
     >>> decode_greedy(np.eye(4)[best])
     [[3, 3, 1]]
     """
-    xp = arrays_namespace(scores, input_lengths, mask, xp=xp)
-    if scores.ndim not in (3, 4):
-        raise ValueError(f"`scores` must have shape (B, T, C) or (B, H, W, C), got {tuple(scores.shape)}")
     if order not in ("row", "column"):
         raise ValueError(f"`order` must be 'row' or 'column', got {order!r}")
-    batch, classes = scores.shape[0], scores.shape[-1]
-    dummy_counts = xp.zeros((batch, classes), dtype=xp.int32, device=_device(scores))
-    prep = prepare(
-        scores,
-        dummy_counts,
-        input_lengths=input_lengths,
-        mask=mask,
-        zero_infinity=True,
-        check_sums=False,
-        xp=xp,
-    )
+    prep = _prepare_scores(scores, input_lengths, mask, xp)
+    xp, batch = prep.xp, prep.scores.shape[0]
     best = xp.argmax(prep.scores, axis=-1)
     valid = prep.valid
     if scores.ndim == 4 and order == "column":
@@ -125,20 +126,8 @@ def decode_counts(
     >>> decode_counts(probs, from_logits=False)
     array([[1, 2]])
     """
-    xp = arrays_namespace(scores, input_lengths, mask, xp=xp)
-    if scores.ndim not in (3, 4):
-        raise ValueError(f"`scores` must have shape (B, T, C) or (B, H, W, C), got {tuple(scores.shape)}")
-    batch, classes = scores.shape[0], scores.shape[-1]
-    dummy_counts = xp.zeros((batch, classes), dtype=xp.int32, device=_device(scores))
-    prep = prepare(
-        scores,
-        dummy_counts,
-        input_lengths=input_lengths,
-        mask=mask,
-        zero_infinity=True,
-        check_sums=False,
-        xp=xp,
-    )
+    prep = _prepare_scores(scores, input_lengths, mask, xp)
+    xp = prep.xp
     values = xp.astype(prep.scores, prep.dtype)
     if from_logits:
         peak = xp.max(values, axis=-1, keepdims=True)
