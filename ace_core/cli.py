@@ -1,13 +1,14 @@
 """The ``ace`` command: ``ace info`` and ``ace bench``.
 
-``ace info`` lists the versions and, for each backend (NumPy,
-array_api_strict, torch CPU/CUDA, JAX CPU/GPU, CuPy), whether it can run here
-and on which devices. ``ace bench`` runs the benchmark protocol of SPEC §5
-(:mod:`ace_core.bench`): ACE forward+backward against torch's CTC and against
-a device copy (the memory floor) on every usable backend.
+``ace info`` lists the versions and, for each backend of
+:mod:`ace_core.backend_table` (NumPy, array_api_strict, torch CPU/CUDA, JAX
+CPU/GPU, CuPy), whether it can run here and on which devices. ``ace bench``
+runs the benchmark protocol of SPEC §5 (:mod:`ace_core.bench`): ACE
+forward+backward against torch's CTC and against a device copy (the memory
+floor) on every usable backend. This module only parses and prints.
 
-Heavy imports (torch, JAX, CuPy, and the benchmark module) happen inside the
-subcommands, and only for installed libraries. ``python -m ace_core.cli``
+Heavy imports (torch, JAX, CuPy) happen inside the subcommands, and only for
+installed libraries. ``python -m ace_core.cli``
 works as ``ace``.
 
 Examples
@@ -31,11 +32,6 @@ from collections.abc import Sequence
 from typing import Any, TextIO
 
 __all__ = ["main", "build_parser"]
-
-_BACKEND_HELP = (
-    "comma-separated backends: numpy, array_api_strict, torch (CPU), torch:cuda, jax (CPU), "
-    "jax:gpu, cupy (default: every usable one but array_api_strict)"
-)
 
 
 def _int_list(text: str) -> list[int]:
@@ -91,6 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
         "1.5 x copy time / ACE time (ACE must move 3 passes of B*T*C*itemsize, a copy moves 2). "
         "Progress goes to stderr.",
     )
+    from .backend_table import BACKENDS
     from .bench import (
         DEFAULT_BATCH,
         DEFAULT_CLASSES,
@@ -101,12 +98,20 @@ def build_parser() -> argparse.ArgumentParser:
         DTYPES,
     )
 
-    bench.add_argument("--backend", "--backends", dest="backend", default=None, help=_BACKEND_HELP)
+    bench.add_argument(
+        "--backend",
+        "--backends",
+        dest="backend",
+        default=None,
+        help=f"comma-separated backends: {', '.join(b.name for b in BACKENDS)} (torch and jax are "
+        "their CPU devices; default: every usable one but array_api_strict)",
+    )
     bench.add_argument(
         "--classes",
         type=_int_list,
         default=list(DEFAULT_CLASSES),
-        help="comma-separated numbers of classes C, blank included (default: %(default)s)",
+        help="comma-separated numbers of classes C, blank included "
+        f"(default: {','.join(map(str, DEFAULT_CLASSES))})",
     )
     bench.add_argument("--batch", type=_positive_int, default=DEFAULT_BATCH, help="B (default: %(default)s)")
     bench.add_argument(
@@ -119,7 +124,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--repeat",
         type=_positive_int,
         default=DEFAULT_REPEAT,
-        help="timed samples per measurement; the median is reported (default: %(default)s)",
+        help="at least this many timed calls per measurement; the median call is reported "
+        "(default: %(default)s)",
     )
     bench.add_argument(
         "--dtype",
@@ -134,13 +140,20 @@ def build_parser() -> argparse.ArgumentParser:
         "--min-time-ms",
         type=float,
         default=DEFAULT_MIN_TIME_S * 1e3,
-        help="fast calls are timed until the timed calls add up to this long (default: %(default)s)",
+        help="fast calls are timed until the timed calls add up to this many milliseconds "
+        f"(default: {DEFAULT_MIN_TIME_S * 1e3:g})",
     )
     bench.add_argument(
         "--threads",
         type=_positive_int,
         default=None,
         help="set torch's intra-op threads for the run (default: torch's own choice, reported)",
+    )
+    bench.add_argument(
+        "--thp",
+        action="store_true",
+        help="let torch use transparent huge pages for its CPU allocations "
+        "(sets THP_MEM_ALLOC_ENABLE=1 before importing torch; reported in the header)",
     )
     bench.add_argument("--no-jit", action="store_true", help="run ACE eagerly on JAX (default: jax.jit)")
     bench.add_argument(
@@ -153,30 +166,21 @@ def build_parser() -> argparse.ArgumentParser:
 # --------------------------------------------------------------------------- info
 
 
-def _library_versions() -> dict[str, str | None]:
-    import importlib.metadata
-
-    versions: dict[str, str | None] = {}
-    for distribution in ("numpy", "array-api-compat", "array-api-extra"):
-        try:
-            versions[distribution] = importlib.metadata.version(distribution)
-        except importlib.metadata.PackageNotFoundError:
-            versions[distribution] = None
-    return versions
-
-
 def _info(args: argparse.Namespace, out: TextIO) -> int:
     from . import __version__
-    from .bench import probe_backends
+    from .backend_table import BACKENDS, library_version
 
-    statuses = probe_backends()
+    backends = [b.info() for b in BACKENDS]
     report: dict[str, Any] = {
         "ace_core": __version__,
         "python": f"{platform.python_version()} ({platform.python_implementation()})",
         "executable": sys.executable,
         "platform": platform.platform(),
-        "libraries": _library_versions(),
-        "backends": [s.as_dict() for s in statuses],
+        "libraries": {
+            name.replace("_", "-"): library_version(name)
+            for name in ("numpy", "array_api_compat", "array_api_extra")
+        },
+        "backends": backends,
     }
     if args.json:
         json.dump(report, out, indent=2)
@@ -189,11 +193,11 @@ def _info(args: argparse.Namespace, out: TextIO) -> int:
         print(f"{name:<17}  {version or 'not installed'}", file=out)
     print("", file=out)
     rows = [("backend", "usable", "version", "devices / reason")]
-    for s in statuses:
-        where = ", ".join(s.devices) if s.usable else (s.reason or "")
-        if s.usable and s.name == "torch" and "num_threads" in s.details:
-            where += f" ({s.details['num_threads']} threads)"
-        rows.append((s.name, "yes" if s.usable else "no", s.version or "-", where))
+    for b in backends:
+        where = ", ".join(b["devices"]) if b["usable"] else (b["reason"] or "")
+        if "num_threads" in b["details"]:
+            where += f" ({b['details']['num_threads']} threads)"
+        rows.append((b["name"], "yes" if b["usable"] else "no", b["version"] or "-", where))
     _print_table(rows, out, align="llll")
     return 0
 
@@ -245,10 +249,13 @@ def _bench_table(records: Sequence[Any], header: dict[str, Any], out: TextIO) ->
     used = ", ".join(f"{k} {v}" for k, v in libs.items() if v is not None and k in used_libs)
     run_threads = [r.torch_threads for r in records if r.torch_threads is not None]
     threads = run_threads[0] if run_threads else header["threads"].get("torch_num_threads")
+    thp_env = header["environment"].get("THP_MEM_ALLOC_ENABLE")
+    thp_env = f" (THP_MEM_ALLOC_ENABLE={thp_env})" if thp_env is not None else ""
     print(f"ace_core {header['ace_core']}, Python {header['python']}; {used}", file=out)
     print(
         f"{header['cpu']}, {header['cpu_count']} CPUs ({header['cpu_affinity']} usable), "
-        f"THP {header['transparent_hugepages']}, torch threads {threads if threads is not None else '-'}",
+        f"THP {header['transparent_hugepages']}{thp_env}, "
+        f"torch threads {threads if threads is not None else '-'}",
         file=out,
     )
     print(
@@ -293,7 +300,7 @@ def _bench_table(records: Sequence[Any], header: dict[str, Any], out: TextIO) ->
     ):
         print(
             "note: THP is 'madvise' and THP_MEM_ALLOC_ENABLE is unset, so torch's large CPU "
-            "allocations are not huge-page backed (page faults are part of its times)",
+            "allocations are not huge-page backed (page faults are part of its times; see --thp)",
             file=out,
         )
     for r in errors:
@@ -301,18 +308,22 @@ def _bench_table(records: Sequence[Any], header: dict[str, Any], out: TextIO) ->
 
 
 def _used_libraries(records: Sequence[Any]) -> set[str]:
-    from .bench import _LIBRARY
+    from .backend_table import backend
 
     used = {"numpy"}
     for r in records:
-        used.add(_LIBRARY.get(r.backend, r.backend))
+        used.add(backend(r.backend).library)
         if r.ctc_device is not None:
             used.add("torch")
     return used
 
 
 def _bench(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
-    from .bench import BenchError, environment_header, run_protocol
+    from ._machine import environment_header, request_torch_thp
+    from .bench import BenchError, run_protocol
+
+    if args.thp and not request_torch_thp():
+        print("ace bench: warning: torch is already imported, --thp has no effect", file=err)
 
     def progress(line: str) -> None:
         if not args.quiet:

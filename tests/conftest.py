@@ -1,9 +1,9 @@
-"""Fixtures: the array backends (see _backends.py), and the end-of-run error summary.
+"""Fixtures: the array backends (see _backends.py) and the end-of-run error summary.
 
 Every backend-generic test takes the ``xp`` fixture (the array namespace) or
 ``backend`` (the namespace plus ``asarray``/``to_numpy`` for its device). Both
 are parametrized over numpy, array_api_strict, torch, jax (CPU) and cupy,
-torch_cuda, jax_gpu (GPU, marked ``gpu``); unavailable ones are skipped with
+torch:cuda, jax:gpu (GPU, marked ``gpu``); unavailable ones are skipped with
 the reason. ``ACE_TEST_BACKENDS=numpy,torch`` restricts the list.
 """
 
@@ -43,13 +43,13 @@ def to_numpy(backend: Backend) -> Callable[[Any], np.ndarray]:
     return backend.to_numpy
 
 
-@pytest.fixture(params=backend_params(("torch", "torch_cuda")))
+@pytest.fixture(params=backend_params(("torch", "torch:cuda")))
 def torch_backend(request: pytest.FixtureRequest) -> Backend:
     """torch on the CPU and on CUDA, for torch-only tests (autograd)."""
     return load_backend(request.param)
 
 
-@pytest.fixture(params=backend_params(("jax", "jax_gpu")))
+@pytest.fixture(params=backend_params(("jax", "jax:gpu")))
 def jax_backend(request: pytest.FixtureRequest) -> Backend:
     """jax on the CPU and on a GPU, for jax-only tests (jit, grad)."""
     return load_backend(request.param)

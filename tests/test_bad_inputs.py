@@ -360,7 +360,7 @@ def test_arrays_from_two_libraries_raise_type_error_with_explicit_xp(pair):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("gpu_name", selected_backends(("torch_cuda", "jax_gpu", "cupy")))
+@pytest.mark.parametrize("gpu_name", selected_backends(("torch:cuda", "jax:gpu", "cupy")))
 def test_arrays_on_two_devices_raise(gpu_name):
     # SPEC: never a silent copy between devices; counts or input_lengths on another device raise.
     gpu = load_backend(gpu_name)

@@ -19,9 +19,9 @@ HALF_PAIRS = [
     ("jax", "bfloat16"),
     ("jax", "float16"),
     ("cupy", "float16"),
-    ("torch_cuda", "float16"),
-    ("torch_cuda", "bfloat16"),
-    ("jax_gpu", "bfloat16"),
+    ("torch:cuda", "float16"),
+    ("torch:cuda", "bfloat16"),
+    ("jax:gpu", "bfloat16"),
 ]
 
 
