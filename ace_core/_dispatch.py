@@ -20,8 +20,6 @@ from ._typing import ArrayNamespace
 
 __all__ = ["kernel_for", "library_name", "KERNEL_FUNCTIONS"]
 
-_GENERIC = "generic"
-
 KERNEL_FUNCTIONS = (
     "forward_logits",
     "forward_probs",
@@ -56,15 +54,17 @@ def _fast_path_module(library: str):
 
 @cache
 def _kernel_for_library(library: str) -> SimpleNamespace:
-    fast = None if library == _GENERIC else _fast_path_module(library)
+    fast = _fast_path_module(library)
     chosen = {}
     for name in KERNEL_FUNCTIONS:
         chosen[name] = getattr(fast, name, None) or getattr(_kernel, name)
     return SimpleNamespace(library=library, **chosen)
 
 
-def kernel_for(xp: ArrayNamespace, *, generic: bool = False) -> SimpleNamespace:
-    """The kernel functions for ``xp``; ``generic=True`` forces the array-API reference."""
-    if generic:
-        return _kernel_for_library(_GENERIC)
+def kernel_for(xp: ArrayNamespace) -> SimpleNamespace:
+    """The kernel functions for ``xp``: a library's fast path where it has one, else the generic.
+
+    Tests of a fast path compare its functions with those of
+    :mod:`ace_core._kernel` directly.
+    """
     return _kernel_for_library(library_name(xp))

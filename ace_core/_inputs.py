@@ -10,6 +10,7 @@ Nothing here writes to an input.
 
 from __future__ import annotations
 
+import math
 import numbers
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -31,7 +32,7 @@ class Prepared:
     shape: tuple[int, ...]  # the caller's shape of ``scores``
     dtype: DType  # accumulation dtype (float32 for half precision)
     counts: Array  # (B, C) in ``dtype``
-    valid: Array  # (B, T) bool
+    valid: Array | None  # (B, T) bool; None when every step is valid (no lengths, no mask)
     lengths: Array  # (B,) T_b in ``dtype``
     feasible: Array  # (B,) bool: T_b > 0 and no negative count
 
@@ -103,7 +104,7 @@ def _valid_steps(
     input_lengths: Array | None,
     mask: Array | None,
     device: Device,
-) -> Array:
+) -> Array | None:
     batch, steps = scores.shape[0], scores.shape[1]
     if scores.ndim == 4:
         steps = scores.shape[1] * scores.shape[2]
@@ -130,7 +131,8 @@ def _valid_steps(
                 f"got {tuple(mask.shape)}"
             )
         return xp.reshape(mask, (batch, steps))
-    return xp.ones((batch, steps), dtype=xp.bool, device=device)
+    # Known without looking at values, so the kernels can skip masking (also under jit).
+    return None
 
 
 def prepare(
@@ -165,12 +167,15 @@ def prepare(
     _check_counts(xp, counts, batch, classes)
     input_lengths = as_index_array(input_lengths, "input_lengths", batch, xp, device)
     valid = _valid_steps(xp, scores, input_lengths, mask, device)
-    steps = valid.shape[1]
+    steps = math.prod(scores.shape[1:-1])
     scores3 = xp.reshape(scores, (batch, steps, classes)) if scores.ndim == 4 else scores
 
     dtype = compute_dtype(xp, scores.dtype)
     counts_f = xp.astype(counts, dtype)
-    lengths = xp.sum(xp.astype(valid, dtype), axis=1)
+    if valid is None:
+        lengths = xp.full((batch,), steps, dtype=dtype, device=device)
+    else:
+        lengths = xp.sum(xp.astype(valid, dtype), axis=1)
     feasible = (lengths > 0) & xp.all(counts_f >= 0, axis=1)
 
     if not is_lazy(scores, counts, input_lengths, mask):

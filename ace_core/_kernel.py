@@ -45,9 +45,16 @@ def safe_log(xp: ArrayNamespace, x: Array) -> Array:
     return xp.where(is_zero, -math.inf, xp.log(xp.where(is_zero, 1, x)))
 
 
-def _masked_logsumexp_over_steps(xp: ArrayNamespace, values: Array, valid: Array) -> Array:
+def where_valid(xp: ArrayNamespace, valid: Array | None, values: Array, fill: float) -> Array:
+    """``values`` at valid steps and ``fill`` at masked ones; ``valid=None`` means all are valid."""
+    if valid is None:
+        return values
+    return xp.where(valid[:, :, None], values, fill)
+
+
+def _masked_logsumexp_over_steps(xp: ArrayNamespace, values: Array, valid: Array | None) -> Array:
     """``logsumexp`` over axis 1 of ``(B, T, C)`` at valid steps; ``-inf`` where none is valid."""
-    masked = xp.where(valid[:, :, None], values, -math.inf)
+    masked = where_valid(xp, valid, values, -math.inf)
     peak = xp.max(masked, axis=1, keepdims=True)
     # A sample with no valid step has peak -inf; shift by 0 there so that no
     # -inf - -inf = nan appears.
@@ -63,19 +70,21 @@ def _log_softmax(xp: ArrayNamespace, a: Array) -> tuple[Array, Array]:
     return a - log_norm[..., None], log_norm
 
 
-def forward_logits(xp: ArrayNamespace, scores: Array, valid: Array, dtype: DType) -> tuple[Array, Array]:
+def forward_logits(
+    xp: ArrayNamespace, scores: Array, valid: Array | None, dtype: DType
+) -> tuple[Array, Array]:
     """``(log_norm (B, T), log_mass (B, C))`` from logits ``(B, T, C)``."""
     # Masked steps may hold any padding (-inf from masked_fill, NaN); zero
     # them so that they neither warn nor leak into the valid steps.
-    a = xp.where(valid[:, :, None], xp.astype(scores, dtype, copy=False), 0)
+    a = where_valid(xp, valid, xp.astype(scores, dtype, copy=False), 0)
     log_y, log_norm = _log_softmax(xp, a)
     return log_norm, _masked_logsumexp_over_steps(xp, log_y, valid)
 
 
-def forward_probs(xp: ArrayNamespace, scores: Array, valid: Array, dtype: DType) -> Array:
+def forward_probs(xp: ArrayNamespace, scores: Array, valid: Array | None, dtype: DType) -> Array:
     """``log_mass (B, C) = log Σ_{t valid} y`` from probabilities ``(B, T, C)``."""
     y = xp.astype(scores, dtype, copy=False)
-    mass = xp.sum(xp.where(valid[:, :, None], y, 0), axis=1)
+    mass = xp.sum(where_valid(xp, valid, y, 0), axis=1)
     return safe_log(xp, mass)
 
 
@@ -105,7 +114,7 @@ def backward_logits(
     grad_out: Array,
     scores: Array,
     counts: Array,
-    valid: Array,
+    valid: Array | None,
     lengths: Array,
     log_norm: Array,
     log_mass: Array,
@@ -113,9 +122,7 @@ def backward_logits(
 ) -> Array:
     """``g_b (y s - N̄ r)`` ``(B, T, C)`` in ``dtype``, 0 at masked steps."""
     # -inf at masked steps makes y and N̄ r exactly 0 there, whatever the padding.
-    log_y = xp.where(
-        valid[:, :, None], xp.astype(scores, dtype, copy=False) - log_norm[:, :, None], -math.inf
-    )
+    log_y = where_valid(xp, valid, xp.astype(scores, dtype, copy=False) - log_norm[:, :, None], -math.inf)
     weight = _log_target_over_mass(xp, counts, lengths, log_mass)
     pull = xp.exp(log_y + weight[:, None, :])  # N̄ r, in [0, N̄]
     push = xp.sum(pull, axis=-1, keepdims=True)  # s, in [0, 1]
@@ -128,7 +135,7 @@ def backward_probs(
     grad_out: Array,
     scores: Array,
     counts: Array,
-    valid: Array,
+    valid: Array | None,
     lengths: Array,
     log_mass: Array,
     dtype: DType,
@@ -137,7 +144,7 @@ def backward_probs(
     per_class = -xp.exp(_log_target_over_mass(xp, counts, lengths, log_mass))
     per_class = per_class * grad_out[:, None]
     zeros = xp.zeros(scores.shape, dtype=dtype, device=_device(scores))
-    return xp.where(valid[:, :, None], per_class[:, None, :], zeros)
+    return where_valid(xp, valid, per_class[:, None, :] + zeros, 0)
 
 
 def _probabilities(xp: ArrayNamespace, scores: Array, from_logits: bool, dtype: DType) -> Array:
@@ -152,13 +159,13 @@ def regression_forward(
     xp: ArrayNamespace,
     scores: Array,
     counts: Array,
-    valid: Array,
+    valid: Array | None,
     from_logits: bool,
     dtype: DType,
 ) -> tuple[Array, Array]:
     """``(L_b = ½ Σ_k (N_bk - Σ_t y_btk)², residual = Σ_t y - N)``."""
     y = _probabilities(xp, scores, from_logits, dtype)
-    excess = xp.sum(xp.where(valid[:, :, None], y, 0), axis=1) - counts
+    excess = xp.sum(where_valid(xp, valid, y, 0), axis=1) - counts
     return 0.5 * xp.sum(excess * excess, axis=1), excess
 
 
@@ -167,14 +174,14 @@ def regression_backward(
     grad_out: Array,
     scores: Array,
     excess: Array,
-    valid: Array,
+    valid: Array | None,
     from_logits: bool,
     dtype: DType,
 ) -> Array:
     """``∂L/∂y_btk = Σ_t y_btk - N_bk`` at valid steps, chained through the softmax for logits."""
     per_class = excess * grad_out[:, None]
     zeros = xp.zeros(scores.shape, dtype=dtype, device=_device(scores))
-    grad_y = xp.where(valid[:, :, None], per_class[:, None, :], zeros)
+    grad_y = where_valid(xp, valid, per_class[:, None, :] + zeros, 0)
     if not from_logits:
         return grad_y
     return softmax_backward(xp, _probabilities(xp, scores, True, dtype), grad_y)

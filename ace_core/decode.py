@@ -7,6 +7,7 @@ from typing import Any, Literal
 from array_api_compat import device as _device
 
 from ._inputs import Prepared, prepare
+from ._kernel import where_valid
 from ._namespace import arrays_namespace, to_numpy
 from ._typing import Array, ArrayNamespace
 
@@ -75,6 +76,8 @@ def decode_greedy(
     xp, batch = prep.xp, prep.scores.shape[0]
     best = xp.argmax(prep.scores, axis=-1)
     valid = prep.valid
+    if valid is None:
+        valid = xp.ones(best.shape, dtype=xp.bool, device=prep.device)
     if scores.ndim == 4 and order == "column":
         height, width = scores.shape[1], scores.shape[2]
         best = xp.reshape(xp.permute_dims(xp.reshape(best, (batch, height, width)), (0, 2, 1)), (batch, -1))
@@ -133,6 +136,6 @@ def decode_counts(
         peak = xp.max(values, axis=-1, keepdims=True)
         exps = xp.exp(values - peak)
         values = exps / xp.sum(exps, axis=-1, keepdims=True)
-    mass = xp.sum(xp.where(prep.valid[:, :, None], values, 0), axis=1)
+    mass = xp.sum(where_valid(xp, prep.valid, values, 0), axis=1)
     integer = xp.__array_namespace_info__().default_dtypes(device=prep.device)["integral"]
     return xp.astype(xp.round(mass), integer)

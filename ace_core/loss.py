@@ -44,7 +44,7 @@ class ACEResiduals(NamedTuple):
 
     log_norm: Array | None  #: (B, T) logsumexp over classes; None for probability input
     log_mass: Array  #: (B, C) log Σ_{t valid} y_btk
-    valid: Array  #: (B, T) bool, the valid steps
+    valid: Array | None  #: (B, T) bool, the valid steps; None when every step is valid
     lengths: Array  #: (B,) T_b in the accumulation dtype
     keep: Array  #: (B,) bool, False for infeasible samples (T_b = 0 or a negative count)
     #: () the loss and gradient of infeasible samples: 0 with ``zero_infinity``, else NaN.
@@ -83,9 +83,9 @@ def _mask_infeasible(xp: ArrayNamespace, values: Array, keep: Array, drop_value:
     return xp.where(xp.reshape(keep, shape), values, drop_value)
 
 
-def _forward(prep: Prepared, from_logits: bool, zero_infinity: bool, generic: bool):
+def _forward(prep: Prepared, from_logits: bool, zero_infinity: bool):
     xp = prep.xp
-    kernel = kernel_for(xp, generic=generic)
+    kernel = kernel_for(xp)
     if from_logits:
         log_norm, log_mass = kernel.forward_logits(xp, prep.scores, prep.valid, prep.dtype)
     else:
@@ -105,9 +105,8 @@ def _backward(
     res: ACEResiduals,
     dtype: Any,
     from_logits: bool,
-    generic: bool,
 ) -> Array:
-    kernel = kernel_for(xp, generic=generic)
+    kernel = kernel_for(xp)
     if from_logits:
         if res.log_norm is None:
             raise ValueError("these residuals come from probability input; pass from_logits=False")
@@ -130,7 +129,6 @@ def ace_forward(
     from_logits: bool = True,
     zero_infinity: bool = False,
     xp: ArrayNamespace | None = None,
-    _generic: bool = False,
 ) -> tuple[Array, ACEResiduals]:
     r"""Per-sample ACE loss and the residuals that :func:`ace_backward` needs.
 
@@ -165,7 +163,7 @@ def ace_forward(
         O(B·(T + C)) arrays for :func:`ace_backward`.
     """
     prep = prepare(scores, counts, input_lengths=input_lengths, mask=mask, zero_infinity=zero_infinity, xp=xp)
-    per_sample, residuals = _forward(prep, from_logits, zero_infinity, _generic)
+    per_sample, residuals = _forward(prep, from_logits, zero_infinity)
     return prep.xp.astype(per_sample, scores.dtype), residuals
 
 
@@ -177,7 +175,6 @@ def ace_backward(
     *,
     from_logits: bool = True,
     xp: ArrayNamespace | None = None,
-    _generic: bool = False,
 ) -> Array:
     r"""Closed-form gradient of ``Σ_b grad_output_b · L_b`` with respect to ``scores``.
 
@@ -212,8 +209,8 @@ def ace_backward(
         raise ValueError(f"`counts` must have shape ({batch}, {classes}), got {tuple(counts.shape)}")
     grad_out = xp.asarray(grad_output, device=device(scores))
     grad_out = xp.broadcast_to(xp.astype(grad_out, dtype), (batch,))
-    grad = _backward(xp, grad_out, scores3, xp.astype(counts, dtype), residuals, dtype, from_logits, _generic)
-    return xp.astype(xp.reshape(grad, scores.shape), scores.dtype)
+    grad = _backward(xp, grad_out, scores3, xp.astype(counts, dtype), residuals, dtype, from_logits)
+    return xp.astype(xp.reshape(grad, scores.shape), scores.dtype, copy=False)
 
 
 def ace_loss(
@@ -280,7 +277,6 @@ def ace_loss_and_grad(
     reduction: Reduction = "mean",
     zero_infinity: bool = False,
     xp: ArrayNamespace | None = None,
-    _generic: bool = False,
 ) -> tuple[Array, Array]:
     """The loss of :func:`ace_loss` and its closed-form gradient with respect to ``scores``.
 
@@ -298,11 +294,11 @@ def ace_loss_and_grad(
     _check_reduction(reduction)
     prep = prepare(scores, counts, input_lengths=input_lengths, mask=mask, zero_infinity=zero_infinity, xp=xp)
     xp = prep.xp
-    per_sample, residuals = _forward(prep, from_logits, zero_infinity, _generic)
+    per_sample, residuals = _forward(prep, from_logits, zero_infinity)
     weights = _reduction_weights(prep, reduction)
-    grad = _backward(xp, weights, prep.scores, prep.counts, residuals, prep.dtype, from_logits, _generic)
+    grad = _backward(xp, weights, prep.scores, prep.counts, residuals, prep.dtype, from_logits)
     loss = _reduce(xp, per_sample, reduction)
-    return xp.astype(loss, scores.dtype), xp.astype(xp.reshape(grad, prep.shape), scores.dtype)
+    return xp.astype(loss, scores.dtype), xp.astype(xp.reshape(grad, prep.shape), scores.dtype, copy=False)
 
 
 def regression_ace_loss(
@@ -358,7 +354,7 @@ def regression_ace_loss_and_grad(
         return loss, None
     weights = _reduction_weights(prep, reduction)
     grad = regression_backward(xp, weights, prep.scores, excess, prep.valid, from_logits, prep.dtype)
-    return loss, xp.astype(xp.reshape(grad, prep.shape), scores.dtype)
+    return loss, xp.astype(xp.reshape(grad, prep.shape), scores.dtype, copy=False)
 
 
 def entropy_floor(counts: Array, *, reduction: Reduction = "none", xp: ArrayNamespace | None = None) -> Array:
