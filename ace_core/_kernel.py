@@ -6,7 +6,7 @@ softmax over classes, ``N`` counts, ``T_b`` valid steps, ``N̄ = N / T_b``.
 
 Forward, in log space and without an epsilon::
 
-    log_norm[b, t] = logsumexp_k a[b, t, k]
+    log_norm[b, t] = logsumexp_k a[b, t, k]        (kept as step_max + step_log_sum)
     log_mass[b, k] = logsumexp_{t valid} (a[b, t, k] - log_norm[b, t])   # log Σ_t y
     L[b]           = -Σ_{k: N>0} N̄[b, k] (log_mass[b, k] - log T_b)
 
@@ -14,8 +14,8 @@ Backward, closed form (``r = y / Σ_t y`` and ``s = Σ_k N̄ r`` lie in [0, 1]):
 
     ∂L/∂a[b, t, k] = y[b, t, k] s[b, t] - N̄[b, k] r[b, t, k]   (0 at masked t)
 
-Only ``log_norm`` ``(B, T)`` and ``log_mass`` ``(B, C)`` are kept between the
-two halves. Samples are assumed feasible here; the caller masks the others.
+Only the log-normalizer ``(B, T)`` (in two parts) and ``log_mass`` ``(B, C)``
+are kept between the two halves. Samples are assumed feasible here; the caller masks the others.
 """
 
 from __future__ import annotations
@@ -63,22 +63,30 @@ def _masked_logsumexp_over_steps(xp: ArrayNamespace, values: Array, valid: Array
     return peak[:, 0, :] + safe_log(xp, total)
 
 
-def _log_softmax(xp: ArrayNamespace, a: Array) -> tuple[Array, Array]:
-    """``(log y, log_norm)`` over the class axis."""
-    peak = xp.max(a, axis=-1, keepdims=True)
-    log_norm = peak[..., 0] + xp.log(xp.sum(xp.exp(a - peak), axis=-1))
-    return a - log_norm[..., None], log_norm
+def _log_softmax(xp: ArrayNamespace, a: Array) -> tuple[Array, Array, Array]:
+    """``(log y, step_max, step_log_sum)`` over the class axis.
+
+    The log-normalizer is kept in two parts, ``step_max + step_log_sum``:
+    ``log y = (a - step_max) - step_log_sum`` keeps a dominant class's log y
+    near 0 exact, where ``a - (step_max + step_log_sum)`` would round the small
+    ``step_log_sum`` away against a large ``step_max`` (float32 logits of 30
+    would lose 1e-6 in y and push the gradient past its bound of 1).
+    """
+    step_max = xp.max(a, axis=-1, keepdims=True)
+    shifted = a - step_max
+    step_log_sum = xp.log(xp.sum(xp.exp(shifted), axis=-1, keepdims=True))
+    return shifted - step_log_sum, step_max[..., 0], step_log_sum[..., 0]
 
 
 def forward_logits(
     xp: ArrayNamespace, scores: Array, valid: Array | None, dtype: DType
-) -> tuple[Array, Array]:
-    """``(log_norm (B, T), log_mass (B, C))`` from logits ``(B, T, C)``."""
+) -> tuple[Array, Array, Array]:
+    """``(step_max (B, T), step_log_sum (B, T), log_mass (B, C))`` from logits ``(B, T, C)``."""
     # Masked steps may hold any padding (-inf from masked_fill, NaN); zero
     # them so that they neither warn nor leak into the valid steps.
     a = where_valid(xp, valid, xp.astype(scores, dtype, copy=False), 0)
-    log_y, log_norm = _log_softmax(xp, a)
-    return log_norm, _masked_logsumexp_over_steps(xp, log_y, valid)
+    log_y, step_max, step_log_sum = _log_softmax(xp, a)
+    return step_max, step_log_sum, _masked_logsumexp_over_steps(xp, log_y, valid)
 
 
 def forward_probs(xp: ArrayNamespace, scores: Array, valid: Array | None, dtype: DType) -> Array:
@@ -116,13 +124,15 @@ def backward_logits(
     counts: Array,
     valid: Array | None,
     lengths: Array,
-    log_norm: Array,
+    step_max: Array,
+    step_log_sum: Array,
     log_mass: Array,
     dtype: DType,
 ) -> Array:
     """``g_b (y s - N̄ r)`` ``(B, T, C)`` in ``dtype``, 0 at masked steps."""
+    shifted = xp.astype(scores, dtype, copy=False) - step_max[:, :, None]
     # -inf at masked steps makes y and N̄ r exactly 0 there, whatever the padding.
-    log_y = where_valid(xp, valid, xp.astype(scores, dtype, copy=False) - log_norm[:, :, None], -math.inf)
+    log_y = where_valid(xp, valid, shifted - step_log_sum[:, :, None], -math.inf)
     weight = _log_target_over_mass(xp, counts, lengths, log_mass)
     pull = xp.exp(log_y + weight[:, None, :])  # N̄ r, in [0, N̄]
     push = xp.sum(pull, axis=-1, keepdims=True)  # s, in [0, 1]
@@ -151,7 +161,7 @@ def _probabilities(xp: ArrayNamespace, scores: Array, from_logits: bool, dtype: 
     a = xp.astype(scores, dtype, copy=False)
     if not from_logits:
         return a
-    log_y, _ = _log_softmax(xp, a)
+    log_y, _, _ = _log_softmax(xp, a)
     return xp.exp(log_y)
 
 

@@ -42,7 +42,11 @@ class ACEResiduals(NamedTuple):
     A ``NamedTuple``, so it is a JAX pytree and can be saved by ``custom_vjp``.
     """
 
-    log_norm: Array | None  #: (B, T) logsumexp over classes; None for probability input
+    #: (B, T) max over classes of the logits; None for probability input.
+    step_max: Array | None
+    #: (B, T) log Σ_k exp(a - step_max): the log-normalizer is ``step_max + step_log_sum``,
+    #: kept in two parts for accuracy (see :mod:`ace_core._kernel`); None for probability input.
+    step_log_sum: Array | None
     log_mass: Array  #: (B, C) log Σ_{t valid} y_btk
     valid: Array | None  #: (B, T) bool, the valid steps; None when every step is valid
     lengths: Array  #: (B,) T_b in the accumulation dtype
@@ -87,13 +91,16 @@ def _forward(prep: Prepared, from_logits: bool, zero_infinity: bool):
     xp = prep.xp
     kernel = kernel_for(xp)
     if from_logits:
-        log_norm, log_mass = kernel.forward_logits(xp, prep.scores, prep.valid, prep.dtype)
+        step_max, step_log_sum, log_mass = kernel.forward_logits(xp, prep.scores, prep.valid, prep.dtype)
     else:
-        log_norm, log_mass = None, kernel.forward_probs(xp, prep.scores, prep.valid, prep.dtype)
+        step_max = step_log_sum = None
+        log_mass = kernel.forward_probs(xp, prep.scores, prep.valid, prep.dtype)
     per_sample = loss_from_log_mass(xp, prep.counts, prep.lengths, log_mass)
     drop_value = _drop_value(prep, zero_infinity)
     per_sample = _mask_infeasible(xp, per_sample, prep.feasible, drop_value)
-    residuals = ACEResiduals(log_norm, log_mass, prep.valid, prep.lengths, prep.feasible, drop_value)
+    residuals = ACEResiduals(
+        step_max, step_log_sum, log_mass, prep.valid, prep.lengths, prep.feasible, drop_value
+    )
     return per_sample, residuals
 
 
@@ -108,10 +115,19 @@ def _backward(
 ) -> Array:
     kernel = kernel_for(xp)
     if from_logits:
-        if res.log_norm is None:
+        if res.step_max is None:
             raise ValueError("these residuals come from probability input; pass from_logits=False")
         grad = kernel.backward_logits(
-            xp, grad_out, scores3, counts, res.valid, res.lengths, res.log_norm, res.log_mass, dtype
+            xp,
+            grad_out,
+            scores3,
+            counts,
+            res.valid,
+            res.lengths,
+            res.step_max,
+            res.step_log_sum,
+            res.log_mass,
+            dtype,
         )
     else:
         grad = kernel.backward_probs(

@@ -109,7 +109,8 @@ def test_residuals_hold_no_per_step_class_buffer(backend):
         if hasattr(value, "shape"):
             assert len(value.shape) <= 2, f"residual {field} has shape {tuple(value.shape)}"
     assert tuple(residuals.log_mass.shape) == (batch, classes)
-    assert tuple(residuals.log_norm.shape) == (batch, steps)
+    assert tuple(residuals.step_max.shape) == (batch, steps)
+    assert tuple(residuals.step_log_sum.shape) == (batch, steps)
 
 
 @pytest.mark.parametrize("from_logits", [True, False], ids=["logits", "probs"])
