@@ -9,6 +9,7 @@ the reason. ``ACE_TEST_BACKENDS=numpy,torch`` restricts the list.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from types import ModuleType
 from typing import Any
@@ -17,6 +18,13 @@ import numpy as np
 import pytest
 from _backends import Backend, backend_params, load_backend
 from _helpers import MAX_ERRORS
+from hypothesis import settings
+
+# CI replays the same examples every run (a red CI must mean a change broke
+# something); local runs keep exploring new ones.
+settings.register_profile("ci", derandomize=True, print_blob=True)
+if os.environ.get("CI"):
+    settings.load_profile("ci")
 
 
 @pytest.fixture(params=backend_params())
