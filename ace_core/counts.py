@@ -107,6 +107,9 @@ def counts_from_targets(
     int array, shape (B, C)
         A blank entry is negative where ``|S_b| > T_b``: :func:`ace_loss`
         rejects such samples, or zeroes them with ``zero_infinity=True``.
+        Under tracing (``jax.jit``), where bad labels cannot raise, a sample
+        whose label holds the blank or a class outside ``[0, C)`` gets blank
+        count -1 and so is infeasible too.
 
     Raises
     ------
@@ -139,8 +142,14 @@ def counts_from_targets(
     hits = xpx.one_hot(labels, num_classes, dtype=steps.dtype, xp=xp)  # (B, S, C)
     counts = xp.sum(hits, axis=1, dtype=steps.dtype)
     label_sizes = xp.sum(xp.astype(inside, steps.dtype), axis=1)
+    blank_counts = steps - label_sizes
+    # Under tracing the check above cannot raise: a label with the blank or an
+    # out-of-range class makes its sample infeasible (blank count -1), so that
+    # the loss is NaN (0 with zero_infinity) rather than silently wrong.
+    bad_label = xp.any(inside & ((padded < 0) | (padded >= num_classes) | (padded == blank)), axis=1)
+    blank_counts = xp.where(bad_label, -1, blank_counts)
     is_blank = xp.arange(num_classes, device=device) == blank
-    return xp.where(is_blank[None, :], (steps - label_sizes)[:, None], counts)
+    return xp.where(is_blank[None, :], blank_counts[:, None], counts)
 
 
 def _check_target_values(

@@ -26,11 +26,11 @@ import time
 
 import numpy as np
 import torch
-from ace_core.integrations.torch import ACELoss, CTCWithACELoss
-from ace_core.reference.toy_sequences import glyph_strips
 from torch import nn
 
 import ace_core
+from ace_core.integrations.torch import ACELoss, CTCWithACELoss
+from ace_core.reference.toy_sequences import glyph_strips
 
 CLASSES, STEPS, HEIGHT, MAX_LENGTH = 6, 32, 8, 4
 CRITERIA = ("ctc", "ace", "ctc+ace")

@@ -16,6 +16,7 @@ import tempfile
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+
 from ace_core.integrations.torch import ACELoss
 
 BATCH, STEPS, FEATURES, CLASSES, TRAIN_STEPS = 8, 10, 5, 4, 3

@@ -11,6 +11,11 @@ import math
 
 import numpy as np
 import pytest
+
+import ace_core
+from ace_core import backend_table, bench
+from ace_core._machine import environment_header
+from ace_core.backend_table import BACKENDS
 from ace_core.reference.synthetic import (
     MAX_TARGET_LENGTH,
     MIN_TARGET_LENGTH,
@@ -18,11 +23,6 @@ from ace_core.reference.synthetic import (
     synthetic_logits,
     synthetic_targets,
 )
-
-import ace_core
-from ace_core import backend_table, bench
-from ace_core._machine import environment_header
-from ace_core.backend_table import BACKENDS
 
 TINY = {"batch": 4, "steps": 16}
 

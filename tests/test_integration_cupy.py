@@ -26,6 +26,7 @@ def _problem():
 
 def test_matches_numpy_core():
     import cupy
+
     from ace_core.integrations.cupy import ace_loss_and_grad
 
     scores, counts, lengths = _problem()
@@ -39,6 +40,7 @@ def test_matches_numpy_core():
 
 def test_out_buffer_and_stream():
     import cupy
+
     from ace_core.integrations.cupy import ace_loss_and_grad
 
     scores, counts, lengths = _problem()

@@ -156,3 +156,21 @@ def test_jax_grad_through_custom_vjp_of_forward_backward(jax_backend):
     grad = jax.jit(jax.grad(loss))(scores)
     _, expected = ace_core.ace_loss_and_grad(scores, counts, mask=mask, reduction="sum")
     assert_close(jax_backend.to_numpy(grad), jax_backend.to_numpy(expected), rtol=1e-12, atol=1e-16)
+
+
+@pytest.mark.parametrize("bad_label", [0, 7], ids=["blank", "out_of_range"])
+def test_jitted_counts_make_bad_labels_infeasible(jax_backend, bad_label):
+    # Eagerly such a label raises; traced it cannot, so the sample must not
+    # quietly train on wrong counts: its loss is NaN, or 0 with zero_infinity.
+    jax = pytest.importorskip("jax")
+    targets = jax_backend.asarray(np.array([[1, 2], [1, bad_label]]))
+    scores = jax_backend.asarray(np.zeros((2, 4, 3)))
+
+    def per_sample(scores, targets, zero_infinity):
+        counts = ace_core.counts_from_targets(targets, num_classes=3, input_lengths=4)
+        return ace_core.ace_loss(scores, counts, reduction="none", zero_infinity=zero_infinity)
+
+    strict = jax_backend.to_numpy(jax.jit(per_sample, static_argnums=2)(scores, targets, False))
+    lenient = jax_backend.to_numpy(jax.jit(per_sample, static_argnums=2)(scores, targets, True))
+    assert np.isfinite(strict[0]) and np.isnan(strict[1])
+    assert lenient[0] == strict[0] and lenient[1] == 0
