@@ -35,7 +35,7 @@ from jax.typing import ArrayLike
 import ace_core
 from ace_core import ACEResiduals
 
-__all__ = ["ace_loss", "ace_loss_from_counts"]
+__all__ = ["ace_loss", "ace_loss_from_counts", "ctc_with_ace_loss"]
 
 
 def _forward(
@@ -258,3 +258,35 @@ def ace_loss(
         labels, label_lengths, num_classes=classes, input_lengths=input_lengths, blank=blank_id, xp=jnp
     )
     return _per_sample(True, zero_infinity, logits, counts, None, valid_steps)
+
+
+def ctc_with_ace_loss(
+    logits: ArrayLike,
+    logit_paddings: ArrayLike,
+    labels: ArrayLike,
+    label_paddings: ArrayLike,
+    *,
+    blank_id: int = 0,
+    ace_weight: float = 0.1,
+    zero_infinity: bool = False,
+) -> jax.Array:
+    r"""CTC with ACE as an auxiliary loss, per sequence: ``optax.ctc_loss + ace_weight · ace_loss``.
+
+    .. math:: L_b = L^{\mathrm{CTC}}_b + \lambda L^{\mathrm{ACE}}_b, \quad \lambda = 0.1 \text{ by default}
+
+    PaddleOCR trains with this combination. Takes the arguments of
+    :func:`ace_loss` (``zero_infinity`` applies to the ACE term; optax's CTC
+    gives infeasible samples a large finite value) and needs optax (the
+    ``jax`` extra installs it).
+
+    Returns
+    -------
+    jax.Array, shape (B,)
+    """
+    import optax
+
+    ctc = optax.ctc_loss(logits, logit_paddings, labels, label_paddings, blank_id=blank_id)
+    ace = ace_loss(
+        logits, logit_paddings, labels, label_paddings, blank_id=blank_id, zero_infinity=zero_infinity
+    )
+    return ctc + ace_weight * ace

@@ -450,3 +450,20 @@ def test_importing_integrations_package_imports_no_jax():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "ok"
+
+
+def test_ctc_with_ace_is_the_weighted_sum_and_differentiable():
+    optax = pytest.importorskip("optax")
+    from ace_core.integrations.jax import ace_loss, ctc_with_ace_loss
+
+    rng = np.random.default_rng(4)
+    logits = jnp.asarray(rng.normal(size=(2, 8, 5)))
+    logit_paddings = jnp.asarray(np.array([[0.0] * 8, [0.0] * 6 + [1.0] * 2]))
+    labels = jnp.asarray(np.array([[1, 2, 3], [4, 4, 0]]))
+    label_paddings = jnp.asarray(np.array([[0.0, 0.0, 0.0], [0.0, 0.0, 1.0]]))
+    args = (logits, logit_paddings, labels, label_paddings)
+    combined = ctc_with_ace_loss(*args, ace_weight=0.25)
+    expected = optax.ctc_loss(*args) + 0.25 * ace_loss(*args)
+    np.testing.assert_allclose(np.asarray(combined), np.asarray(expected), rtol=1e-12)
+    grad = jax.jit(jax.grad(lambda x: jnp.mean(ctc_with_ace_loss(x, *args[1:]))))(logits)
+    assert grad.shape == logits.shape and bool(jnp.all(jnp.isfinite(grad)))
