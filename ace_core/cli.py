@@ -329,35 +329,23 @@ def _bench(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         if not args.quiet:
             print(line, file=err, flush=True)
 
+    config = {
+        "classes": args.classes,
+        "batch": args.batch,
+        "steps": args.steps,
+        "dtype": args.dtype,
+        "repeat": args.repeat,
+        "seed": args.seed,
+        "jit": not args.no_jit,
+        "min_time_s": args.min_time_ms / 1e3,
+        "threads": args.threads,
+    }
     try:
-        records = run_protocol(
-            args.backend,
-            classes=args.classes,
-            batch=args.batch,
-            steps=args.steps,
-            dtype=args.dtype,
-            repeat=args.repeat,
-            seed=args.seed,
-            jit=not args.no_jit,
-            min_time_s=args.min_time_ms / 1e3,
-            threads=args.threads,
-            progress=progress,
-        )
+        records = run_protocol(args.backend, progress=progress, **config)
     except BenchError as error:
         print(f"ace bench: error: {error}", file=err)
         return 2
-    header = environment_header(
-        backends=[r.backend for r in records],
-        classes=args.classes,
-        batch=args.batch,
-        steps=args.steps,
-        dtype=args.dtype,
-        repeat=args.repeat,
-        seed=args.seed,
-        jit=not args.no_jit,
-        min_time_s=args.min_time_ms / 1e3,
-        threads=args.threads,
-    )
+    header = environment_header(backends=[r.backend for r in records], **config)
     if args.json:
         json.dump({"header": header, "records": [r.as_dict() for r in records]}, out, indent=2)
         out.write("\n")
