@@ -15,9 +15,10 @@ from typing import Any
 
 from . import backend_table
 from .backend_table import Backend, _first_line
+from .counts import counts_from_targets
 from .reference.synthetic import BATCH, MAX_TARGET_LENGTH, MIN_TARGET_LENGTH, STEPS, synthetic_batch
 
-__all__ = ["BenchError", "BenchCase", "DTYPES", "prepare_case", "target_length_range"]
+__all__ = ["BenchError", "BenchCase", "DTYPES", "device_inputs", "prepare_case", "target_length_range"]
 
 DEFAULT_DTYPE = "float32"
 #: Accepted ``dtype`` names; float16/bfloat16 only on GPU backends (SPEC §5).
@@ -100,6 +101,23 @@ class BenchCase:
     def nbytes(self) -> int:
         """Bytes of the scores array, ``B·T·C·itemsize``."""
         return self.batch * self.steps * self.classes * self.itemsize
+
+
+def device_inputs(entry: Backend, data: Any, dtype: str) -> tuple[Any, Any]:
+    """``(scores, counts)`` of a synthetic batch on the backend's device, synchronised.
+
+    The counts are built from the targets once, outside any timed region.
+    """
+    scores = entry.asarray(data.logits, dtype)
+    counts = counts_from_targets(
+        entry.asarray(data.targets),
+        entry.asarray(data.target_lengths),
+        num_classes=data.logits.shape[-1],
+        input_lengths=data.logits.shape[1],
+        blank=data.blank,
+    )
+    entry.synchronize(scores, counts)
+    return scores, counts
 
 
 def target_length_range(steps: int) -> tuple[int, int]:
@@ -212,16 +230,8 @@ def prepare_case(
         data = synthetic(batch, steps, classes, seed)
     if data.logits.shape != (batch, steps, classes):
         raise BenchError(f"`data` has shape {data.logits.shape}, expected {(batch, steps, classes)}")
-    scores = entry.asarray(data.logits, dtype)
-    counts = ace_core.counts_from_targets(
-        entry.asarray(data.targets),
-        entry.asarray(data.target_lengths),
-        num_classes=classes,
-        input_lengths=steps,
-        blank=data.blank,
-    )
+    scores, counts = device_inputs(entry, data, dtype)
     sync = entry.synchronize
-    sync(scores, counts)
 
     notes: list[str] = []
     call = ace_core.ace_loss_and_grad
