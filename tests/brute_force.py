@@ -85,16 +85,22 @@ def _is_feasible(counts_row: Sequence[float], length: int) -> bool:
     return length > 0 and all(n >= 0 for n in counts_row)
 
 
+def _valid_probabilities(scores: np.ndarray, valid: np.ndarray | None, from_logits: bool) -> list[list[list]]:
+    """Per sample, the probability rows of its valid steps (softmax of logits, or as given)."""
+    steps, keep = steps_of(scores), valid_of(valid, scores)
+    return [
+        [softmax(row) if from_logits else list(row) for row, k in zip(sample, keep[b], strict=True) if k]
+        for b, sample in enumerate(steps)
+    ]
+
+
 def ace_per_sample(
     scores: np.ndarray, counts: np.ndarray, valid: np.ndarray | None = None, *, from_logits: bool = True
 ) -> np.ndarray:
     """``L_b = -Σ_{k: N>0} (N_bk/T_b) log((1/T_b) Σ_{t valid} y_btk)``; nan for infeasible samples."""
-    steps, keep = steps_of(scores), valid_of(valid, scores)
     counts = np.asarray(counts, dtype=np.float64)
     losses = []
-    for b, sample in enumerate(steps):
-        probabilities = [softmax(row) if from_logits else list(row) for row in sample]
-        chosen = [p for p, k in zip(probabilities, keep[b], strict=True) if k]
+    for b, chosen in enumerate(_valid_probabilities(scores, valid, from_logits)):
         length = len(chosen)
         if not _is_feasible(counts[b], length):
             losses.append(math.nan)
@@ -144,12 +150,9 @@ def regression_per_sample(
     scores: np.ndarray, counts: np.ndarray, valid: np.ndarray | None = None, *, from_logits: bool = True
 ) -> np.ndarray:
     """Eq. 4: ``½ Σ_k (N_bk - Σ_{t valid} y_btk)²``."""
-    steps, keep = steps_of(scores), valid_of(valid, scores)
     counts = np.asarray(counts, dtype=np.float64)
     losses = []
-    for b, sample in enumerate(steps):
-        probabilities = [softmax(row) if from_logits else list(row) for row in sample]
-        chosen = [p for p, k in zip(probabilities, keep[b], strict=True) if k]
+    for b, chosen in enumerate(_valid_probabilities(scores, valid, from_logits)):
         terms = []
         for k in range(counts.shape[1]):
             mass = math.fsum(p[k] for p in chosen)

@@ -48,6 +48,16 @@ def _on(backend, keywords):
 PROBLEMS = ["1d", "1d_lengths", "2d_mask", "large_mask"]
 
 
+def _assert_gradient(backend, grad, expected_grad, kind: str) -> None:
+    assert_close(
+        backend.to_numpy(grad),
+        backend.to_numpy(expected_grad),
+        rtol=AUTODIFF_RTOL,
+        atol=AUTODIFF_ATOL,
+        kind=kind,
+    )
+
+
 @pytest.mark.parametrize("reduction", REDUCTIONS)
 @pytest.mark.parametrize("from_logits", [True, False], ids=["logits", "probs"])
 @pytest.mark.parametrize("name", PROBLEMS)
@@ -81,13 +91,7 @@ def test_gradient_matches_torch_autograd(torch_backend, name, from_logits, reduc
     )
     expected_loss = per_sample if reduction == "none" else total
     assert_close(torch_backend.to_numpy(loss), torch_backend.to_numpy(expected_loss), rtol=1e-13)
-    assert_close(
-        torch_backend.to_numpy(grad),
-        torch_backend.to_numpy(expected_grad),
-        rtol=AUTODIFF_RTOL,
-        atol=AUTODIFF_ATOL,
-        kind="gradient vs torch.autograd",
-    )
+    _assert_gradient(torch_backend, grad, expected_grad, "gradient vs torch.autograd")
 
 
 @pytest.mark.parametrize("reduction", REDUCTIONS)
@@ -123,10 +127,4 @@ def test_gradient_matches_jax_grad(jax_backend, name, from_logits, reduction):
     )
     total = loss.sum() if reduction == "none" else loss
     assert_close(jax_backend.to_numpy(total), jax_backend.to_numpy(expected_loss), rtol=1e-13)
-    assert_close(
-        jax_backend.to_numpy(grad),
-        jax_backend.to_numpy(expected_grad),
-        rtol=AUTODIFF_RTOL,
-        atol=AUTODIFF_ATOL,
-        kind="gradient vs jax.grad",
-    )
+    _assert_gradient(jax_backend, grad, expected_grad, "gradient vs jax.grad")
