@@ -25,6 +25,7 @@ KERNEL_FUNCTIONS = (
     "forward_probs",
     "backward_logits",
     "backward_probs",
+    "forward_backward_logits",
 )
 
 
@@ -58,7 +59,25 @@ def _kernel_for_library(library: str) -> SimpleNamespace:
     chosen = {}
     for name in KERNEL_FUNCTIONS:
         chosen[name] = getattr(fast, name, None) or getattr(_kernel, name)
+    halves_are_fast = (chosen["forward_logits"], chosen["backward_logits"]) != (
+        _kernel.forward_logits,
+        _kernel.backward_logits,
+    )
+    if getattr(fast, "forward_backward_logits", None) is None and halves_are_fast:
+        # A library with fast halves but no fused path composes its own halves.
+        chosen["forward_backward_logits"] = _composed(chosen["forward_logits"], chosen["backward_logits"])
     return SimpleNamespace(library=library, **chosen)
+
+
+def _composed(forward_logits, backward_logits):
+    def forward_backward_logits(xp, grad_out, scores, counts, valid, lengths, dtype):
+        step_max, step_log_sum, log_mass = forward_logits(xp, scores, valid, dtype)
+        grad = backward_logits(
+            xp, grad_out, scores, counts, valid, lengths, step_max, step_log_sum, log_mass, dtype
+        )
+        return step_max, step_log_sum, log_mass, grad
+
+    return forward_backward_logits
 
 
 def kernel_for(xp: ArrayNamespace) -> SimpleNamespace:

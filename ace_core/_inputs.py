@@ -35,6 +35,8 @@ class Prepared:
     valid: Array | None  # (B, T) bool; None when every step is valid (no lengths, no mask)
     lengths: Array  # (B,) T_b in ``dtype``
     feasible: Array  # (B,) bool: T_b > 0 and no negative count
+    #: True when every sample is known, on the host, to be feasible (checked eagerly, no zero_infinity)
+    all_feasible: bool = False
 
 
 def as_index_array(
@@ -178,7 +180,8 @@ def prepare(
         lengths = xp.sum(xp.astype(valid, dtype), axis=1)
     feasible = (lengths > 0) & xp.all(counts_f >= 0, axis=1)
 
-    if not is_lazy(scores, counts, input_lengths, mask):
+    eager = not is_lazy(scores, counts, input_lengths, mask)
+    if eager:
         checks = _value_checks(xp, counts, counts_f, lengths, feasible, zero_infinity, check_sums)
         if input_lengths is not None:
             checks.insert(0, _length_check(xp, input_lengths, steps))
@@ -193,6 +196,8 @@ def prepare(
         valid=valid,
         lengths=lengths,
         feasible=feasible,
+        # The checks above raised for any infeasible sample unless zero_infinity.
+        all_feasible=eager and not zero_infinity,
     )
 
 

@@ -32,6 +32,7 @@ __all__ = [
     "loss_from_log_mass",
     "backward_logits",
     "backward_probs",
+    "forward_backward_logits",
     "regression_forward",
     "regression_backward",
     "softmax_backward",
@@ -138,6 +139,27 @@ def backward_logits(
     push = xp.sum(pull, axis=-1, keepdims=True)  # s, in [0, 1]
     grad = xp.exp(log_y) * push - pull
     return grad * grad_out[:, None, None]
+
+
+def forward_backward_logits(
+    xp: ArrayNamespace,
+    grad_out: Array,
+    scores: Array,
+    counts: Array,
+    valid: Array | None,
+    lengths: Array,
+    dtype: DType,
+) -> tuple[Array, Array, Array, Array]:
+    """``(step_max, step_log_sum, log_mass, grad)``: :func:`forward_logits`, then :func:`backward_logits`.
+
+    One entry point for ``ace_loss_and_grad``, so that a fast path may share
+    work between the halves (the softmax, computed once into the gradient's buffer).
+    """
+    step_max, step_log_sum, log_mass = forward_logits(xp, scores, valid, dtype)
+    grad = backward_logits(
+        xp, grad_out, scores, counts, valid, lengths, step_max, step_log_sum, log_mass, dtype
+    )
+    return step_max, step_log_sum, log_mass, grad
 
 
 def backward_probs(

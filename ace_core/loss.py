@@ -42,7 +42,8 @@ class ACEResiduals(NamedTuple):
     A ``NamedTuple``, so it is a JAX pytree and can be saved by ``custom_vjp``.
     """
 
-    #: (B, T) max over classes of the logits; None for probability input.
+    #: (B, T) the shift of each step's log-normalizer: the max over classes of the logits in the
+    #: generic kernel (a fast path may shift by another bound); None for probability input.
     step_max: Array | None
     #: (B, T) log Σ_k exp(a - step_max): the log-normalizer is ``step_max + step_log_sum``,
     #: kept in two parts for accuracy (see :mod:`ace_core._kernel`); None for probability input.
@@ -134,6 +135,21 @@ def _backward(
             xp, grad_out, scores3, counts, res.valid, res.lengths, res.log_mass, dtype
         )
     return _mask_infeasible(xp, grad, res.keep, res.drop_value)
+
+
+def _forward_backward_logits(prep: Prepared, grad_out: Array, zero_infinity: bool) -> tuple[Array, Array]:
+    """Per-sample loss and gradient from logits in one kernel call (``ace_loss_and_grad``)."""
+    xp = prep.xp
+    step_max, step_log_sum, log_mass, grad = kernel_for(xp).forward_backward_logits(
+        xp, grad_out, prep.scores, prep.counts, prep.valid, prep.lengths, prep.dtype
+    )
+    per_sample = loss_from_log_mass(xp, prep.counts, prep.lengths, log_mass)
+    drop_value = _drop_value(prep, zero_infinity)
+    per_sample = _mask_infeasible(xp, per_sample, prep.feasible, drop_value)
+    if not prep.all_feasible:
+        # Only then: the mask is a full pass over the gradient.
+        grad = _mask_infeasible(xp, grad, prep.feasible, drop_value)
+    return per_sample, grad
 
 
 def ace_forward(
@@ -310,9 +326,12 @@ def ace_loss_and_grad(
     _check_reduction(reduction)
     prep = prepare(scores, counts, input_lengths=input_lengths, mask=mask, zero_infinity=zero_infinity, xp=xp)
     xp = prep.xp
-    per_sample, residuals = _forward(prep, from_logits, zero_infinity)
     weights = _reduction_weights(prep, reduction)
-    grad = _backward(xp, weights, prep.scores, prep.counts, residuals, prep.dtype, from_logits)
+    if from_logits:
+        per_sample, grad = _forward_backward_logits(prep, weights, zero_infinity)
+    else:
+        per_sample, residuals = _forward(prep, from_logits, zero_infinity)
+        grad = _backward(xp, weights, prep.scores, prep.counts, residuals, prep.dtype, from_logits)
     loss = _reduce(xp, per_sample, reduction)
     return xp.astype(loss, scores.dtype), xp.astype(xp.reshape(grad, prep.shape), scores.dtype, copy=False)
 

@@ -77,7 +77,9 @@ def test_forward_then_backward_equals_loss_and_grad(backend, name, from_logits, 
     grad_output = backend.asarray(np.full(batch, weight))
     grad_split = ace_core.ace_backward(grad_output, scores, counts, residuals, from_logits=from_logits)
     assert tuple(grad_split.shape) == tuple(scores.shape) and grad_split.dtype == scores.dtype
-    assert_close(backend.to_numpy(grad_split), backend.to_numpy(grad), rtol=1e-14, atol=1e-17)
+    # Fast paths keep the softmax between the halves of ace_loss_and_grad and
+    # recompute it from the residuals in ace_backward: equal up to rounding.
+    assert_close(backend.to_numpy(grad_split), backend.to_numpy(grad), rtol=1e-12, atol=1e-15)
     if reduction == "none":
         assert_close(backend.to_numpy(loss), backend.to_numpy(per_sample), rtol=0)
 
@@ -92,10 +94,11 @@ def test_backward_weights_each_sample_by_grad_output(backend):
     weights = np.array([2.0, -0.5, 0.0])
     weighted = ace_core.ace_backward(backend.asarray(weights), scores, counts, residuals)
     expected = backend.to_numpy(grad_of_sum) * weights[:, None, None]
-    assert_close(backend.to_numpy(weighted), expected, rtol=1e-14, atol=1e-17)
+    # grad_of_sum comes from the fused path: equal up to rounding (see above).
+    assert_close(backend.to_numpy(weighted), expected, rtol=1e-12, atol=1e-15)
     # A scalar grad_output is broadcast over the batch.
     scalar = ace_core.ace_backward(backend.asarray(np.float64(3.0)), scores, counts, residuals)
-    assert_close(backend.to_numpy(scalar), 3.0 * backend.to_numpy(grad_of_sum), rtol=1e-14, atol=1e-17)
+    assert_close(backend.to_numpy(scalar), 3.0 * backend.to_numpy(grad_of_sum), rtol=1e-12, atol=1e-15)
 
 
 def test_residuals_hold_no_per_step_class_buffer(backend):

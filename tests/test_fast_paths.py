@@ -1,0 +1,241 @@
+"""Every fast path in ``backends/`` against the generic array-API kernel, function by function.
+
+The generic kernel (:mod:`ace_core._kernel`) is itself checked against the
+float64 brute force elsewhere; here each ``ace_core.backends.<library>``
+function is fed the same arrays as its generic twin, in float64 unless a test
+says otherwise. Residuals may differ in how the log-normalizer is split
+(``step_max + step_log_sum``), so their sum is compared.
+"""
+
+from __future__ import annotations
+
+import importlib
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+import pytest
+from _backends import Backend, backend_params, load_backend
+from _helpers import assert_close
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from ace_core import _kernel
+
+FAST_BACKENDS = ("numpy", "torch", "torch:cuda", "jax", "jax:gpu", "cupy")
+
+
+@pytest.fixture(params=backend_params(FAST_BACKENDS))
+def fast(request: pytest.FixtureRequest) -> tuple[Backend, ModuleType]:
+    backend = load_backend(request.param)
+    return backend, importlib.import_module(f"ace_core.backends.{backend.entry.library}")
+
+
+def make_inputs(rng: np.random.Generator, batch: int, steps: int, classes: int, valid_kind: str, scale=3.0):
+    """Logits, counts, valid steps (or None), T_b, per-sample weights; masked steps hold NaN/±inf."""
+    logits = rng.standard_normal((batch, steps, classes)) * scale
+    if valid_kind == "none":
+        valid = None
+        lengths = np.full(batch, steps)
+    elif valid_kind == "lengths":
+        lengths = rng.integers(1, steps + 1, size=batch)
+        lengths[0] = steps
+        valid = np.arange(steps)[None, :] < lengths[:, None]
+    else:  # an arbitrary mask, as a flattened 2D map gives
+        valid = rng.random((batch, steps)) < 0.6
+        valid[:, 0] = True
+        lengths = valid.sum(axis=1)
+    if valid is not None:
+        padding = rng.choice(np.array([np.nan, -np.inf, np.inf, 1e30]), size=(batch, steps, classes))
+        logits = np.where(valid[:, :, None], logits, padding)
+    counts = np.zeros((batch, classes))
+    for sample in range(batch):
+        if classes > 1:
+            labels = rng.integers(1, classes, size=min(int(lengths[sample]) // 2, 6))
+            np.add.at(counts[sample], labels, 1)
+        counts[sample, 0] = lengths[sample] - counts[sample].sum()
+    weights = rng.uniform(0.1, 2.0, size=batch)
+    return logits, counts, valid, lengths.astype(np.float64), weights
+
+
+def on(backend: Backend, *arrays: Any, dtype: str = "float64") -> list[Any]:
+    converted = []
+    for array in arrays:
+        if array is None:
+            converted.append(None)
+        elif array.dtype == bool:
+            converted.append(backend.asarray(array))
+        else:
+            converted.append(backend.asarray(array, dtype))
+    return converted
+
+
+def compare_forward(backend: Backend, got, want, valid: np.ndarray | None, rtol: float, atol: float) -> None:
+    got = [backend.to_numpy(x).astype(np.float64) for x in got]
+    want = [backend.to_numpy(x).astype(np.float64) for x in want]
+    rows = np.ones(got[0].shape, dtype=bool) if valid is None else valid
+    assert_close((got[0] + got[1])[rows], (want[0] + want[1])[rows], rtol=rtol, atol=atol)
+    assert_close(got[2], want[2], rtol=rtol, atol=atol)
+
+
+CASES = [
+    (1, 1, 1),
+    (2, 5, 2),
+    (3, 7, 5),
+    (4, 20, 37),
+    (2, 9, 256),  # the largest "dense" alphabet of the NumPy path
+    (2, 9, 257),
+    (2, 6, 7357),
+]
+
+
+@pytest.mark.parametrize("valid_kind", ["none", "lengths", "mask"])
+@pytest.mark.parametrize("shape", CASES, ids=lambda s: "x".join(map(str, s)))
+def test_fused_and_halves_agree_with_the_generic_kernel(fast, shape, valid_kind):
+    backend, module = fast
+    xp = backend.xp
+    logits, counts, valid, lengths, weights = make_inputs(
+        np.random.default_rng(sum(shape)), *shape, valid_kind
+    )
+    a, n, v, t, g = on(backend, logits, counts, valid, lengths, weights)
+    dtype = backend.dtype("float64")
+
+    want = _kernel.forward_backward_logits(xp, g, a, n, v, t, dtype)
+    got = module.forward_backward_logits(xp, g, a, n, v, t, dtype)
+    compare_forward(backend, got[:3], want[:3], valid, rtol=1e-12, atol=1e-12)
+    assert_close(backend.to_numpy(got[3]), backend.to_numpy(want[3]), rtol=1e-11, atol=1e-14)
+
+    residuals = module.forward_logits(xp, a, v, dtype)
+    compare_forward(backend, residuals, want[:3], valid, rtol=1e-12, atol=1e-12)
+    grad = module.backward_logits(xp, g, a, n, v, t, *residuals, dtype)
+    assert_close(backend.to_numpy(grad), backend.to_numpy(want[3]), rtol=1e-11, atol=1e-14)
+    # The backward also accepts the generic kernel's residuals (any split of the normalizer).
+    grad = module.backward_logits(xp, g, a, n, v, t, *want[:3], dtype)
+    assert_close(backend.to_numpy(grad), backend.to_numpy(want[3]), rtol=1e-11, atol=1e-14)
+    if valid is not None:
+        assert np.all(backend.to_numpy(got[3])[~valid] == 0)
+
+
+@pytest.mark.parametrize(
+    ("case", "classes"),
+    [("huge", 5), ("huge", 300), ("dominant", 37), ("dominant", 300), ("vanishing", 37), ("vanishing", 300)],
+)
+@pytest.mark.parametrize("dtype_name", ["float32", "float64"])
+def test_extreme_logits(fast, case, classes, dtype_name):
+    # huge: ±1e4 logits (exp overflows without a shift); dominant: 30 vs 0 (float32
+    # rounding of log y); vanishing: a present class whose probability underflows at
+    # every step, so its mass must come from log space.
+    backend, module = fast
+    xp = backend.xp
+    rng = np.random.default_rng(classes)
+    logits, counts, valid, lengths, weights = make_inputs(rng, 3, 8, classes, "lengths")
+    if case == "huge":
+        logits = np.where(np.isfinite(logits), np.sign(logits) * 1e4 * rng.random(logits.shape), logits)
+    elif case == "dominant":
+        logits = np.where(np.isfinite(logits), 0.0, logits)
+        logits[:, :, 1] = np.where(valid, 30.0, logits[:, :, 1])
+    else:
+        depth = 120.0 if dtype_name == "float32" else 760.0
+        present = np.flatnonzero(counts[0, 1:]) + 1
+        logits[0, :, present[0]] = np.where(valid[0], -depth + rng.random(8), logits[0, :, present[0]])
+    logits = logits.astype(dtype_name).astype(np.float64)  # the yardstick sees the same inputs
+    reference = on(backend, weights, logits, counts, valid, lengths)  # float64: the yardstick
+    args = on(backend, weights, logits, counts, valid, lengths, dtype=dtype_name)
+    want = _kernel.forward_backward_logits(xp, *reference, backend.dtype("float64"))
+    got = module.forward_backward_logits(xp, *args, backend.dtype(dtype_name))
+    tolerance = 1e-12 if dtype_name == "float64" else 2e-5
+    compare_forward(backend, got[:3], want[:3], valid, rtol=tolerance, atol=tolerance)
+    grad = backend.to_numpy(got[3]).astype(np.float64)
+    assert np.all(np.isfinite(grad)) and np.all(np.abs(grad) <= weights[:, None, None] * (1 + 1e-6))
+    assert_close(grad, backend.to_numpy(want[3]), rtol=tolerance, atol=tolerance)
+
+
+def test_a_sample_without_valid_steps_does_not_leak(fast):
+    # T_b = 0 is masked by the caller (zero_infinity or an error); the others must be untouched.
+    backend, module = fast
+    xp = backend.xp
+    logits, counts, valid, lengths, weights = make_inputs(np.random.default_rng(5), 3, 6, 37, "lengths")
+    valid[1] = False
+    lengths[1] = 0
+    counts[1] = 0
+    a, n, v, t, g = on(backend, logits, counts, valid, lengths, weights)
+    dtype = backend.dtype("float64")
+    want = [backend.to_numpy(x) for x in _kernel.forward_backward_logits(xp, g, a, n, v, t, dtype)]
+    got = [backend.to_numpy(x) for x in module.forward_backward_logits(xp, g, a, n, v, t, dtype)]
+    keep = np.array([0, 2])
+    assert_close(got[2][keep], want[2][keep], rtol=1e-12, atol=1e-12)
+    assert_close(got[3][keep], want[3][keep], rtol=1e-11, atol=1e-14)
+
+
+def test_repeated_calls_are_bitwise_equal(fast):
+    backend, module = fast
+    xp = backend.xp
+    logits, counts, valid, lengths, weights = make_inputs(np.random.default_rng(9), 4, 16, 300, "mask")
+    args = on(backend, weights, logits, counts, valid, lengths, dtype="float32")
+    first = [backend.to_numpy(x) for x in module.forward_backward_logits(xp, *args, backend.dtype("float32"))]
+    second = [
+        backend.to_numpy(x) for x in module.forward_backward_logits(xp, *args, backend.dtype("float32"))
+    ]
+    for x, y in zip(first, second, strict=True):
+        np.testing.assert_array_equal(x, y)
+
+
+def test_numpy_blocks_and_threads_do_not_change_results(monkeypatch):
+    # The batch is cut into blocks that run on a thread pool: the cut, not the
+    # thread count, fixes the arithmetic, so results are bitwise equal for any count.
+    from ace_core.backends import numpy as fast_numpy
+
+    logits, counts, valid, lengths, weights = make_inputs(np.random.default_rng(3), 7, 12, 300, "lengths")
+    args = (weights, logits.astype(np.float32), counts, valid, lengths)
+    monkeypatch.setattr(fast_numpy, "BLOCK_ELEMENTS", 12 * 300 * 2)  # 4 blocks
+    monkeypatch.setattr(fast_numpy, "THREADED_MIN_ELEMENTS", 0)
+    results = []
+    for threads in ("1", "3"):
+        monkeypatch.setenv("ACE_CORE_NUM_THREADS", threads)
+        results.append(fast_numpy.forward_backward_logits(np, *args, np.dtype(np.float32)))
+    for x, y in zip(*results, strict=True):
+        np.testing.assert_array_equal(x, y)
+    want = _kernel.forward_backward_logits(np, *args[:1], logits, *args[2:], np.float64)
+    assert_close(results[0][3].astype(np.float64), want[3], rtol=2e-5, atol=1e-7)
+
+
+def test_numpy_half_precision_is_accumulated_in_float32():
+    from ace_core.backends import numpy as fast_numpy
+
+    logits, counts, valid, lengths, weights = make_inputs(np.random.default_rng(4), 3, 10, 37, "none")
+    half = logits.astype(np.float16)
+    got = fast_numpy.forward_backward_logits(np, weights, half, counts, valid, lengths, np.dtype(np.float32))
+    assert got[3].dtype == np.float32
+    want = _kernel.forward_backward_logits(
+        np, weights, half.astype(np.float64), counts, valid, lengths, np.float64
+    )
+    assert_close(got[3].astype(np.float64), want[3], rtol=2e-5, atol=1e-7)
+
+
+@pytest.fixture(scope="module", params=backend_params(("numpy", "torch", "jax")))
+def property_fast(request: pytest.FixtureRequest) -> tuple[Backend, ModuleType]:
+    backend = load_backend(request.param)
+    return backend, importlib.import_module(f"ace_core.backends.{backend.entry.library}")
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    batch=st.integers(1, 4),
+    steps=st.integers(1, 12),
+    classes=st.integers(1, 300),
+    valid_kind=st.sampled_from(["none", "lengths", "mask"]),
+    scale=st.sampled_from([0.1, 3.0, 40.0]),
+    seed=st.integers(0, 2**16),
+)
+def test_property_fused_path_matches_generic(property_fast, batch, steps, classes, valid_kind, scale, seed):
+    backend, module = property_fast
+    xp = backend.xp
+    logits, counts, valid, lengths, weights = make_inputs(
+        np.random.default_rng(seed), batch, steps, classes, valid_kind, scale
+    )
+    args = on(backend, weights, logits, counts, valid, lengths)
+    dtype = backend.dtype("float64")
+    want = _kernel.forward_backward_logits(xp, *args, dtype)
+    got = module.forward_backward_logits(xp, *args, dtype)
+    compare_forward(backend, got[:3], want[:3], valid, rtol=1e-11, atol=1e-11)
+    assert_close(backend.to_numpy(got[3]), backend.to_numpy(want[3]), rtol=1e-10, atol=1e-13)
