@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import backend_table
+from ._bench_memory import peak_bytes
 from .backend_table import Backend, _first_line
 from .counts import counts_from_targets
 from .reference.synthetic import BATCH, MAX_TARGET_LENGTH, MIN_TARGET_LENGTH, STEPS, synthetic_batch
@@ -74,6 +75,8 @@ class BenchCase:
         JAX by buffer donation).
     ace_value, ctc_value : callable
         The scalar losses as Python floats (untimed; also serve as warm-up).
+    memory : callable or None
+        Peak memory of one ACE call above its inputs, ``(bytes or None, how)``.
     jit : bool or None
         Whether ``ace`` runs under ``jax.jit`` (``None`` off JAX).
     ctc_device : str or None
@@ -96,6 +99,8 @@ class BenchCase:
     jit: bool | None
     ctc_device: str | None
     notes: list[str] = field(default_factory=list)
+    #: ``() -> (peak bytes above the inputs, how measured)`` of one ACE call; see ``_bench_memory``.
+    memory: Callable[[], tuple[int | None, str]] | None = None
 
     @property
     def nbytes(self) -> int:
@@ -291,4 +296,5 @@ def prepare_case(
         jit=used_jit,
         ctc_device=ctc_device,
         notes=notes,
+        memory=lambda: peak_bytes(entry, ace, call if used_jit else None, (scores, counts)),
     )

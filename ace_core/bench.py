@@ -205,6 +205,13 @@ class BenchRecord:
     ace_loss, ctc_loss : float or None
         The losses (a sanity check that both ran on the same data).
     torch_threads : int or None
+    peak_bytes : int or None
+        Peak memory of one ACE call above its inputs (the gradient included);
+        the target is the gradient's size plus O(B·(T + C)).
+    peak_how : str or None
+        How ``peak_bytes`` was measured, or why it was not.
+    grad_bytes : int
+        The gradient's size, ``B·T·C·itemsize``.
     notes : list of str
     error : str or None
         Set when the case failed; the times are then ``nan``.
@@ -237,6 +244,9 @@ class BenchRecord:
     ace_loss: float | None = None
     ctc_loss: float | None = None
     torch_threads: int | None = None
+    peak_bytes: int | None = None
+    peak_how: str | None = None
+    grad_bytes: int = 0
     notes: list[str] = field(default_factory=list)
     error: str | None = None
 
@@ -300,6 +310,9 @@ def run_case(
     record.ace_gbps = record.bytes_moved / (record.ace_ms / ms) / 1e9
     record.copy_gbps = 2 * case.nbytes / (record.copy_ms / ms) / 1e9
     record.torch_threads = torch_threads()
+    record.grad_bytes = case.nbytes
+    if case.memory is not None:
+        record.peak_bytes, record.peak_how = case.memory()
     return record
 
 

@@ -48,6 +48,8 @@ DENSE_MAX_CLASSES = 256
 #: Elements per block (16 MiB of float32): big enough that per-call overhead
 #: is small, small enough to stay in a shared L3 cache.
 BLOCK_ELEMENTS = 1 << 22
+#: Scratch of the small-alphabet backward's rank-2 factor (256 KiB of float32).
+FACTOR_ELEMENTS = 1 << 16
 #: Below this many elements in all, threads cost more than they save.
 THREADED_MIN_ELEMENTS = 1 << 21
 
@@ -210,9 +212,14 @@ def _backward_dense(e: np.ndarray, scale: np.ndarray, weights: np.ndarray, log_m
     total = np.matmul(e, per_mass[:, :, None])[:, :, 0]
     left = np.stack([rho * rho * total, -rho], axis=2)  # (nb, T, 2)
     right = np.stack([np.ones_like(per_mass), per_mass], axis=1)  # (nb, 2, C)
-    factor = _scratch_buffer(e.shape, e.dtype)
-    np.matmul(left, right, out=factor)
-    np.multiply(e, factor, out=e)
+    # The factor is built for a few samples at a time: its scratch stays small (and in cache).
+    per_sample = e.shape[1] * e.shape[2]
+    step = max(1, FACTOR_ELEMENTS // per_sample)
+    for start in range(0, e.shape[0], step):
+        chunk = slice(start, min(start + step, e.shape[0]))
+        factor = _scratch_buffer(e[chunk].shape, e.dtype)
+        np.matmul(left[chunk], right[chunk], out=factor)
+        np.multiply(e[chunk], factor, out=e[chunk])
 
 
 def _backward_sparse(

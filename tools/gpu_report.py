@@ -196,46 +196,7 @@ def run_tests(has_gpu: bool, timeout: float) -> bool:
 # --------------------------------------------------------------------------- memory
 
 
-def peak_extra_bytes(name: str, dtype: str, classes: int) -> tuple[int | None, str]:
-    """Peak GPU memory of one ``ace_loss_and_grad`` above its inputs, and how it was measured."""
-    import ace_core
-    from ace_core._bench_case import device_inputs, synthetic
-    from ace_core.backend_table import backend
-    from ace_core.bench import DEFAULT_BATCH, DEFAULT_STEPS
-
-    entry = backend(name)
-    data = synthetic(DEFAULT_BATCH, DEFAULT_STEPS, classes, 0)
-    scores, counts = device_inputs(entry, data, dtype)
-    if entry.library == "jax":
-        compiled = entry.jit(ace_core.ace_loss_and_grad).lower(scores, counts).compile()
-        plan = compiled.memory_analysis()
-        if plan is None:
-            return None, "XLA gives no memory analysis"
-        return int(plan.temp_size_in_bytes + plan.output_size_in_bytes - plan.alias_size_in_bytes), "XLA plan"
-
-    def call() -> None:
-        entry.synchronize(ace_core.ace_loss_and_grad(scores, counts))
-
-    call()  # compiles, warms up; its outputs are freed
-    pool = sys.modules["cupy"].get_default_memory_pool() if "cupy" in sys.modules else None
-    how, total = [], 0
-    if pool is not None:
-        pool.free_all_blocks()
-        pool_base = pool.total_bytes()
-    if entry.library == "torch":
-        cuda = importlib.import_module("torch").cuda
-        cuda.reset_peak_memory_stats()
-        torch_base = cuda.memory_allocated()
-    call()
-    if entry.library == "torch":
-        total += cuda.max_memory_allocated() - torch_base
-        how.append("torch max_memory_allocated")
-    if pool is not None:
-        grown = pool.total_bytes() - pool_base
-        if grown or entry.library == "cupy":
-            total += grown
-            how.append("CuPy pool high-water")
-    return int(total), " + ".join(how)
+# Measured by ace_core.bench for every record (ace_core._bench_memory): peak_bytes, peak_how.
 
 
 # --------------------------------------------------------------------------- benchmark
@@ -267,15 +228,7 @@ def run_benchmarks(names: list[str], quick: bool) -> list[dict[str, Any]]:
             progress=lambda line: print(line, file=sys.stderr, flush=True),
         )
         for record in records:
-            row = record.as_dict()
-            if record.error is None:
-                try:
-                    row["peak_extra_bytes"], row["peak_how"] = peak_extra_bytes(
-                        record.backend, dtype, record.classes
-                    )
-                except Exception as error:  # noqa: BLE001 - reported in the table
-                    row["peak_extra_bytes"], row["peak_how"] = None, f"failed: {_first_line(error)}"
-            rows.append(row)
+            rows.append(record.as_dict())
     return rows
 
 
@@ -295,7 +248,7 @@ def markdown_table(rows: list[dict[str, Any]]) -> list[str]:
         if row.get("classes") is None or row.get("error"):
             notes.append(f"- {row['backend']} {row['dtype']} C={row.get('classes')}: {row['error']}")
             continue
-        peak = row.get("peak_extra_bytes")
+        peak = row.get("peak_bytes")
         grad_bytes = row["batch"] * row["steps"] * row["classes"] * row["itemsize"]
         lines.append(
             f"| {row['backend']} | {row['dtype']} | {row['classes']} | {_fmt(row['ace_ms'], '.3f')} "

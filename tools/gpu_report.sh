@@ -10,6 +10,10 @@
 # ace_core.integrations and ace_core.reference. Without an install, this script assembles the same
 # layout in a temporary import root (symbolic links into the checkout, so nothing is copied or
 # written in it) and puts that root first on PYTHONPATH.
+#
+# ace_core's two pure-Python dependencies (array-api-compat, array-api-extra) are not in every GPU
+# image. Wheels of them in .whl/ (fetched where pip works: bash tools/fetch_gpu_wheels.sh) are put
+# on PYTHONPATH as they are: Python imports pure-Python wheels from the zip, nothing is installed.
 set -euo pipefail
 
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -28,7 +32,11 @@ for package in backends integrations reference; do
     ln -s "$repo/$package" "$root/ace_core/$package"
 done
 
-export PYTHONPATH="$root${PYTHONPATH:+:$PYTHONPATH}"
+wheels=""
+for wheel in "$repo"/.whl/array_api_compat-*.whl "$repo"/.whl/array_api_extra-*.whl; do
+    [ -f "$wheel" ] && wheels="$wheels:$wheel"
+done
+export PYTHONPATH="$root$wheels${PYTHONPATH:+:$PYTHONPATH}"
 # The checkout's own ace_core/ lacks backends/ & co.: keep Python (python -m, python -c, in every child
 # process) from putting the working directory ahead of the import root.
 export PYTHONSAFEPATH=1
