@@ -5,8 +5,6 @@ Parameters: backend × C ∈ {37, 7357} × dtype ∈ {float32, bfloat16 (GPU onl
 
 from __future__ import annotations
 
-import importlib
-
 import ace_core
 from ace_core.bench import device_inputs, prepare_case
 
@@ -40,43 +38,25 @@ class ForwardBackward(BackendBenchmark):
         self.case.ace()
 
 
-class DevicePeakMemory(BackendBenchmark):
-    """Peak GPU memory of one ``ace_loss_and_grad`` call above what the inputs hold (GPU backends).
+class PeakMemory(BackendBenchmark):
+    """Peak memory of one ``ace_loss_and_grad`` call above its inputs, gradient included.
 
-    torch: ``torch.cuda.max_memory_allocated()`` after ``reset_peak_memory_stats()``;
-    CuPy: growth of the default memory pool from an emptied pool (the pool
-    keeps every block it grows to, so its size after the call is the call's
-    high-water mark); JAX: XLA's own plan for the compiled call (temporaries
-    and outputs, ``Compiled.memory_analysis()``), since JAX's peak counter
-    cannot be reset.
+    Measured by :mod:`ace_core._bench_memory` (``BenchCase.memory``): NumPy with
+    ``tracemalloc``, torch on CUDA with ``max_memory_allocated`` (plus CuPy's pool
+    when torch's tensors ran on the CuPy kernels), CuPy by its pool's growth, JAX by
+    XLA's plan for the compiled call. torch on the CPU has no counter (skipped).
+    The target is the gradient's size plus O(B·(T + C)).
     """
 
     unit = "bytes"
 
     def prepare(self, entry, classes, dtype):
-        if not entry.gpu:
-            raise SkipNotImplemented(f"{entry.name} is a CPU backend; see peakmem_forward_backward")
-        self.scores, self.counts = device_inputs(entry, protocol_data(classes), dtype)
+        self.case = prepare_case(
+            entry.name, classes, dtype=dtype, with_ctc=False, data=protocol_data(classes)
+        )
 
-    def track_device_peak_bytes(self, backend, classes, dtype):
-        entry, scores, counts = self.entry, self.scores, self.counts
-        if entry.library == "jax":
-            compiled = entry.jit(ace_core.ace_loss_and_grad).lower(scores, counts).compile()
-            plan = compiled.memory_analysis()
-            if plan is None:
-                raise SkipNotImplemented(f"XLA gives no memory analysis on {entry.name}")
-            return int(plan.temp_size_in_bytes + plan.output_size_in_bytes - plan.alias_size_in_bytes)
-        call = synchronised(entry, ace_core.ace_loss_and_grad, scores, counts)  # warm-up, outputs freed
-        if entry.library == "torch":
-            cuda = importlib.import_module("torch").cuda
-            cuda.reset_peak_memory_stats()
-            base = cuda.memory_allocated()
-            call()
-            return int(cuda.max_memory_allocated() - base)
-        if entry.library == "cupy":
-            pool = importlib.import_module("cupy").get_default_memory_pool()
-            pool.free_all_blocks()
-            base = pool.total_bytes()
-            call()
-            return int(pool.total_bytes() - base)
-        raise SkipNotImplemented(f"no device memory counter for {entry.name}")
+    def track_peak_bytes(self, backend, classes, dtype):
+        peak, how = self.case.memory()
+        if peak is None:
+            raise SkipNotImplemented(how)
+        return peak
