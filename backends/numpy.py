@@ -17,7 +17,11 @@ ufuncs (``out=``):
 Blocks run on a small thread pool (NumPy's ufuncs release the GIL); the cut
 into blocks does not depend on the number of threads, so results are bitwise
 the same for any thread count. ``ACE_CORE_NUM_THREADS`` sets the count
-(default: the CPUs this process may use).
+(default: the CPUs this process may use). The reductions over whole blocks
+are ``einsum`` loops, not BLAS products: a multi-threaded BLAS called from
+these threads (or next to another busy process) spin-waits for cores and ran
+10-100x slower than the single-threaded loops, and its result could depend on
+its own thread count.
 
 Exactness: probability space loses nothing where no value underflows.
 Each block checks that (a row whose sum fell under ``tiny**0.25`` with the
@@ -137,8 +141,8 @@ def _exp_into(blk: _Block, e: np.ndarray, per_row_shift: bool) -> tuple[np.ndarr
         np.exp(a, out=e)
     if blk.invalid3 is not None:
         np.copyto(e, 0, where=blk.invalid3)
-    # A matrix-vector product: np.sum over short rows pays per-row loop overhead.
-    rowsum = np.matmul(e, np.ones(e.shape[2], dtype=e.dtype))
+    # einsum, not np.sum (per-row loop overhead on short rows) nor a BLAS product (see _REDUCE).
+    rowsum = np.einsum("btc->bt", e)
     if valid is not None:
         rowsum = np.where(valid, rowsum, 1)
     return shift, rowsum
@@ -168,8 +172,7 @@ def _split_log_norm(log_norm: np.ndarray, dtype: np.dtype) -> tuple[np.ndarray, 
 
 def _log_mass(blk: _Block, e: np.ndarray, rowsum: np.ndarray, log_norm: np.ndarray, mass_floor: float):
     """``log Σ_t y`` ``(nb, C)`` with ``y = e / rowsum``; tiny masses are recomputed in log space."""
-    inverse = (1 / rowsum)[:, None, :]
-    mass = np.matmul(inverse, e)[:, 0, :]
+    mass = np.einsum("bt,btc->bc", 1 / rowsum, e)
     log_mass = np.log(mass)
     tiny = mass < mass_floor
     if tiny.any():
@@ -209,7 +212,7 @@ def _backward_dense(e: np.ndarray, scale: np.ndarray, weights: np.ndarray, log_m
     present = weights != 0
     per_mass = np.where(present, weights * np.exp(-np.where(present, log_mass, 0)), 0).astype(e.dtype)
     rho = scale.astype(e.dtype)
-    total = np.matmul(e, per_mass[:, :, None])[:, :, 0]
+    total = np.einsum("btc,bc->bt", e, per_mass)
     left = np.stack([rho * rho * total, -rho], axis=2)  # (nb, T, 2)
     right = np.stack([np.ones_like(per_mass), per_mass], axis=1)  # (nb, 2, C)
     # The factor is built for a few samples at a time: its scratch stays small (and in cache).
