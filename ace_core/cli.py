@@ -1,11 +1,15 @@
-"""The ``ace`` command: ``ace info`` and ``ace bench``.
+"""The ``ace`` command: ``ace info``, ``ace bench``, ``ace train``, ``ace predict``, ``ace reproduce``.
 
 ``ace info`` lists the versions and, for each backend of
 :mod:`ace_core.backend_table` (NumPy, array_api_strict, torch CPU/CUDA, JAX
 CPU/GPU, CuPy), whether it can run here and on which devices. ``ace bench``
 runs the benchmark protocol of SPEC §5 (:mod:`ace_core.bench`): ACE
 forward+backward against torch's CTC and against a device copy (the memory
-floor) on every usable backend. This module only parses and prints.
+floor) on every usable backend. ``ace train`` trains a model of the training
+reference (:mod:`ace_core.reference.train`) with ACE, ``ace predict`` reads an
+image with a trained model, ``ace reproduce`` runs a miniature of one of the
+paper's experiments (:mod:`ace_core.reference.experiments`). This module only
+parses and prints.
 
 Heavy imports (torch, JAX, CuPy) happen inside the subcommands, and only for
 installed libraries. ``python -m ace_core.cli``
@@ -19,6 +23,10 @@ Examples
     ace bench                                   # numpy, torch, jax, ... at C = 37 and 7357
     ace bench --backend numpy,torch --classes 37 --repeat 15
     ace bench --backend torch:cuda --dtype bfloat16 --json > bench.json
+    ace train crnn                              # CRNN on rendered text lines, NumPy on the CPU
+    ace train fcn --steps 500 --out runs/fcn --resume
+    ace predict runs/crnn line.png
+    ace reproduce plateau --out figures
 """
 
 from __future__ import annotations
@@ -65,7 +73,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser = argparse.ArgumentParser(
         prog="ace",
-        description="Aggregation Cross-Entropy (ACE) loss: environment report and benchmarks.",
+        description="Aggregation Cross-Entropy (ACE) loss: environment report, benchmarks, and the "
+        "CRNN/FCN training reference.",
     )
     parser.add_argument("--version", action="version", version=f"ace_core {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -160,7 +169,140 @@ def build_parser() -> argparse.ArgumentParser:
         "--json", action="store_true", help="print {'header': {...}, 'records': [...]} as JSON to stdout"
     )
     bench.add_argument("--quiet", "-q", action="store_true", help="no progress lines on stderr")
+    _add_training_commands(commands)
     return parser
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {value}")
+    return value
+
+
+def _blank_bias(text: str) -> str | float:
+    if text == "prior":
+        return text
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected 'prior' or a number, got {text!r}") from None
+
+
+def _add_training_commands(commands: Any) -> None:
+    """``ace train``, ``ace predict`` and ``ace reproduce`` (the training reference)."""
+    # Both modules import only NumPy and ace_core; the models, matplotlib and
+    # Pillow are imported when a command runs.
+    from ace_core.reference.experiments import REPRODUCTIONS
+    from ace_core.reference.tasks import TASKS
+
+    train = commands.add_parser(
+        "train",
+        help="train a CRNN (1D) or FCN (2D) of the training reference with ACE",
+        description="Train a model of the training reference with the ACE loss on seeded synthetic "
+        "data: "
+        + "; ".join(f"{name}: {task.summary}" for name, task in TASKS.items())
+        + ". Progress (loss minus its entropy floor, images/s) goes to stderr, the held-out "
+        "result to stdout. OUT holds checkpoint.npz, config.json, metrics.json and PNG plots.",
+    )
+    train.add_argument("task", choices=list(TASKS), help="what to train")
+    train.add_argument(
+        "--backend",
+        choices=("numpy", "cupy"),
+        default=None,
+        help="numpy (CPU) or cupy (GPU); default: cupy when a GPU is usable, else numpy",
+    )
+    train.add_argument(
+        "--steps", type=_positive_int, default=None, help="optimiser steps (default: per task)"
+    )
+    train.add_argument("--batch", type=_positive_int, default=None, help="images per step (default: 32)")
+    train.add_argument(
+        "--lr", type=_positive_float, default=None, help="peak learning rate (default: per task)"
+    )
+    train.add_argument(
+        "--optimizer", choices=("adam", "adadelta"), default="adam", help="default: %(default)s"
+    )
+    train.add_argument(
+        "--schedule",
+        choices=("constant", "cosine"),
+        default=None,
+        help="after the warmup (default: per task)",
+    )
+    train.add_argument("--warmup", type=int, default=None, help="linear warmup steps (default: per task)")
+    train.add_argument("--seed", type=int, default=0, help="weights and data (default: %(default)s)")
+    train.add_argument("--out", default=None, help="run directory (default: runs/TASK)")
+    train.add_argument(
+        "--resume", action="store_true", help="continue from OUT/checkpoint.npz exactly where it stopped"
+    )
+    train.add_argument(
+        "--eval-every",
+        type=_positive_int,
+        default=None,
+        help="evaluate on held-out data and checkpoint every N steps (default: per task)",
+    )
+    train.add_argument("--eval-size", type=_positive_int, default=None, help="held-out images (default: 500)")
+    train.add_argument(
+        "--head", choices=("bilstm", "linear"), default=None, help="CRNN head (default: per task)"
+    )
+    train.add_argument(
+        "--blank-bias",
+        type=_blank_bias,
+        default=None,
+        help="initial output bias of the blank: 'prior' (the labels' average blank share, the default) "
+        "or a number (0 gives the plateau of the usual initialisation)",
+    )
+    train.add_argument(
+        "--loss", choices=("ace", "regression"), default="ace", help="cross-entropy or regression ACE"
+    )
+    train.add_argument(
+        "--threads", type=_positive_int, default=None, help="limit BLAS/OpenMP threads (default: no limit)"
+    )
+    train.add_argument("--no-plots", action="store_true", help="do not draw PNG plots")
+    train.add_argument("--json", action="store_true", help="print the final metrics as JSON")
+    train.add_argument("--quiet", "-q", action="store_true", help="no progress lines on stderr")
+
+    predict = commands.add_parser(
+        "predict",
+        help="read image files with a trained model: the text, or the objects and counts",
+        description="Load the checkpoint in RUN (written by ace train) and print, for each image, "
+        "the decoded string (crnn, digits), the recognised multiset (fcn) or the counts per class "
+        "(count). Images are read with Pillow, turned to grayscale and resized to the model's "
+        "input height (the width keeps the aspect ratio for text lines).",
+    )
+    predict.add_argument("run", help="run directory of ace train (or its checkpoint.npz)")
+    predict.add_argument("images", nargs="+", help="image files (PNG, JPEG, ...)")
+    predict.add_argument(
+        "--invert",
+        choices=("auto", "yes", "no"),
+        default="auto",
+        help="the models see light ink on a dark ground; auto inverts images that are mostly light "
+        "(default: %(default)s)",
+    )
+    predict.add_argument("--backend", choices=("numpy", "cupy"), default=None, help="default: as for train")
+    predict.add_argument("--json", action="store_true", help="print one JSON object per image")
+
+    reproduce = commands.add_parser(
+        "reproduce",
+        help="run a miniature of one of the paper's experiments (figures + JSON)",
+        description="Run a miniature reproduction and write its figures (PNG) and numbers "
+        "(NAME.json) into OUT: "
+        + "; ".join(f"{name}: {r.summary}" for name, r in REPRODUCTIONS.items())
+        + ". Each takes a few minutes on a 2-core CPU by default; --steps scales it.",
+    )
+    reproduce.add_argument("name", choices=[*REPRODUCTIONS, "all"], help="which experiment")
+    reproduce.add_argument("--out", default="reproductions", help="output directory (default: %(default)s)")
+    reproduce.add_argument(
+        "--steps", type=_positive_int, default=None, help="training steps per run (default: per experiment)"
+    )
+    reproduce.add_argument("--seed", type=int, default=0, help="default: %(default)s")
+    reproduce.add_argument("--backend", choices=("numpy", "cupy"), default=None, help="default: as for train")
+    reproduce.add_argument(
+        "--threads", type=_positive_int, default=None, help="limit BLAS/OpenMP threads (default: no limit)"
+    )
+    reproduce.add_argument("--quiet", "-q", action="store_true", help="no progress lines on stderr")
 
 
 # --------------------------------------------------------------------------- info
@@ -354,6 +496,133 @@ def _bench(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     return 1 if any(r.error is not None for r in records) else 0
 
 
+# --------------------------------------------------------------------------- train, predict, reproduce
+
+
+def _progress(quiet: bool, err: TextIO) -> Any:
+    def log(line: str) -> None:
+        if not quiet:
+            print(line, file=err, flush=True)
+
+    return log
+
+
+def _train(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    from ace_core.reference.tasks import get_task
+    from ace_core.reference.train import TrainConfig, TrainingDiverged, train
+
+    if args.head is not None and get_task(args.task).model != "CRNN":
+        print(f"ace train: error: --head is an option of the CRNN tasks, not of {args.task}", file=err)
+        return 2
+    model: dict[str, Any] = {"head": args.head} if args.head is not None else {}
+    if args.blank_bias is not None:
+        model["init_blank_bias"] = args.blank_bias
+    config = TrainConfig(
+        task=args.task,
+        steps=args.steps,
+        batch=args.batch,
+        lr=args.lr,
+        optimizer=args.optimizer,
+        schedule=args.schedule,
+        warmup=args.warmup,
+        seed=args.seed,
+        eval_every=args.eval_every,
+        eval_size=args.eval_size if args.eval_size is not None else 500,
+        loss=args.loss,
+        backend=args.backend,
+        model=model,
+    )
+    run_dir = args.out if args.out is not None else f"runs/{args.task}"
+    try:
+        result = train(
+            config,
+            run_dir,
+            resume=args.resume,
+            threads=args.threads,
+            log=_progress(args.quiet, err),
+            plots=not args.no_plots,
+        )
+    except TrainingDiverged as error:
+        print(f"ace train: {error}", file=err)
+        return 1
+    except KeyboardInterrupt:
+        print(
+            f"ace train: interrupted; {run_dir} keeps the last checkpoint, continue with "
+            f"`ace train {args.task} --out {run_dir} --resume`",
+            file=err,
+        )
+        return 130
+    except (ValueError, FileNotFoundError) as error:
+        print(f"ace train: error: {error}", file=err)
+        return 2
+    final = result.final
+    summary = {
+        "task": result.config.task,
+        "steps": result.steps,
+        "ms_per_step": result.ms_per_step,
+        "images_per_second": 1e3 * result.config.batch / result.ms_per_step if result.ms_per_step else None,
+        "backend": result.config.backend,
+        "out": str(result.out),
+        **final,
+    }
+    if args.json:
+        json.dump(summary, out, indent=2)
+        out.write("\n")
+        return 0
+    from ace_core.reference.train import format_metrics
+
+    print(
+        f"{result.config.task}: {format_metrics(get_task(result.config.task), final)} "
+        f"on {result.config.eval_size} held-out images after {result.steps} steps "
+        f"({result.ms_per_step:.0f} ms/step on {result.config.backend}); run saved in {result.out}",
+        file=out,
+    )
+    return 0
+
+
+def _predict(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    from ace_core.reference.predict import predict_files
+
+    try:
+        results = predict_files(args.run, args.images, invert=args.invert, backend=args.backend)
+    except (ValueError, FileNotFoundError, OSError) as error:
+        print(f"ace predict: error: {error}", file=err)
+        return 2
+    for path, value in zip(args.images, results, strict=True):
+        if args.json:
+            print(json.dumps({"image": path, "prediction": value}), file=out)
+        elif isinstance(value, dict):
+            print(f"{path}: " + " ".join(f"{name}={count}" for name, count in value.items()), file=out)
+        elif isinstance(value, list):
+            print(f"{path}: {{{', '.join(value)}}}", file=out)
+        else:
+            print(f"{path}: {value}", file=out)
+    return 0
+
+
+def _reproduce(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    from ace_core.reference.experiments import REPRODUCTIONS, reproduce
+
+    names = list(REPRODUCTIONS) if args.name == "all" else [args.name]
+    for name in names:
+        try:
+            summary = reproduce(
+                name,
+                args.out,
+                steps=args.steps,
+                seed=args.seed,
+                backend=args.backend,
+                threads=args.threads,
+                log=_progress(args.quiet, err),
+            )
+        except ValueError as error:
+            print(f"ace reproduce: error: {error}", file=err)
+            return 2
+        print(f"{name}: {summary['headline']}", file=out)
+        print(f"  figures and numbers: {', '.join(summary['files'])}", file=out)
+    return 0
+
+
 # --------------------------------------------------------------------------- entry point
 
 
@@ -383,6 +652,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _info(args, out)
         if args.command == "bench":
             return _bench(args, out, err)
+        if args.command == "train":
+            return _train(args, out, err)
+        if args.command == "predict":
+            return _predict(args, out, err)
+        if args.command == "reproduce":
+            return _reproduce(args, out, err)
         parser.print_help(out)
         return 0
     except KeyboardInterrupt:
