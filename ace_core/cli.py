@@ -403,18 +403,31 @@ def _bench_table(records: Sequence[Any], header: dict[str, Any], out: TextIO) ->
     print(
         f"B={cfg['batch']} T={cfg['steps']} seed={cfg['seed']}; per-call wall clock, median of "
         f">= {cfg['repeat']} calls; CTC = torch log_softmax + ctc_loss + backward (mean); "
-        "floor = 1.5 x copy ms (3 passes of B*T*C*itemsize)",
+        "floor = 1.5 x copy ms (3 passes of B*T*C*itemsize); peak/grad = peak memory of one call "
+        "above its inputs over the gradient's size (target: 1 + O(B(T+C))/BTC)",
         file=out,
     )
     print("", file=out)
     rows = [
-        ("backend", "device", "C", "dtype", "ACE ms", "CTC ms", "ACE/CTC", "copy ms", "floor", "ACE GB/s")
+        (
+            "backend",
+            "device",
+            "C",
+            "dtype",
+            "ACE ms",
+            "CTC ms",
+            "ACE/CTC",
+            "copy ms",
+            "floor",
+            "ACE GB/s",
+            "peak/grad",
+        )
     ]
     errors = []
     for r in records:
         if r.error is not None:
             errors.append(r)
-            rows.append((r.backend, r.device, str(r.classes), r.dtype, "error", "", "", "", "", ""))
+            rows.append((r.backend, r.device, str(r.classes), r.dtype, "error", "", "", "", "", "", ""))
             continue
         backend = r.backend + (" (jit)" if r.jit else " (eager)" if r.jit is False else "")
         rows.append(
@@ -429,9 +442,10 @@ def _bench_table(records: Sequence[Any], header: dict[str, Any], out: TextIO) ->
                 _fmt_ms(r.copy_ms),
                 _fmt_percent(r.floor_fraction),
                 _fmt(r.ace_gbps, ".2f"),
+                _fmt(None if r.peak_bytes is None else r.peak_bytes / r.grad_bytes, ".2f"),
             )
         )
-    _print_table(rows, out, align="llrlrrrrrr")
+    _print_table(rows, out, align="llrlrrrrrrr")
     for r in records:
         for note in r.notes:
             print(f"note: {r.backend} C={r.classes}: {note}", file=out)

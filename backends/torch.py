@@ -14,7 +14,9 @@ underflowed terms of ``y`` could matter; that is checked (a host sync on a
 ``(B, C)`` array): such masses are recomputed in log space, and a backward with
 such a class present falls back to the generic log-space kernel.
 
-CUDA tensors go to the fused CuPy kernels (:mod:`ace_core.backends.cupy`)
+Scores that require grad (with grad mode on) take the generic kernel, whose
+torch ops autograd can differentiate; the integration's custom ops call the
+core without that, and get this path. CUDA tensors go to the fused CuPy kernels (:mod:`ace_core.backends.cupy`)
 through DLPack, zero-copy, on torch's current stream when CuPy is installed
 (bfloat16 as its bit patterns); otherwise they take the path above.
 """
@@ -149,6 +151,11 @@ def _backward_into(
     e.mul_(torch.bmm(left, right))
 
 
+def _tracks_grad(scores: torch.Tensor) -> bool:
+    """Autograd through the core's own ops was asked for: the generic kernel keeps that graph."""
+    return scores.requires_grad and torch.is_grad_enabled()
+
+
 def _generic_tail(name: str, *args: Any) -> Any:
     from array_api_compat import torch as torch_namespace
 
@@ -157,6 +164,8 @@ def _generic_tail(name: str, *args: Any) -> Any:
 
 def forward_logits(xp: Any, scores: torch.Tensor, valid: torch.Tensor | None, dtype: torch.dtype):
     """The forward of :func:`ace_core._kernel.forward_logits` in native torch ops."""
+    if _tracks_grad(scores):
+        return _generic_tail("forward_logits", scores, valid, dtype)
     if _use_cupy(scores):
         return _call_cupy("forward_logits", (scores, valid), dtype)
     with torch.no_grad():
@@ -180,6 +189,8 @@ def backward_logits(
 ) -> torch.Tensor:
     """The backward of :func:`ace_core._kernel.backward_logits`: the softmax recomputed, one ``exp``."""
     args = (grad_out, scores, counts, valid, lengths, step_max, step_log_sum, log_mass)
+    if _tracks_grad(scores) or grad_out.requires_grad:
+        return _generic_tail("backward_logits", *args, dtype)
     if _use_cupy(scores):
         return _call_cupy("backward_logits", args, dtype)
     floor = math.log(_mass_floor(dtype, scores.shape[1]))
@@ -204,6 +215,8 @@ def forward_backward_logits(
     dtype: torch.dtype,
 ):
     """Forward and backward in one sweep: ``e`` lives in the gradient's buffer between the halves."""
+    if _tracks_grad(scores):
+        return _generic_tail("forward_backward_logits", grad_out, scores, counts, valid, lengths, dtype)
     if _use_cupy(scores):
         return _call_cupy("forward_backward_logits", (grad_out, scores, counts, valid, lengths), dtype)
     with torch.no_grad():

@@ -239,3 +239,28 @@ def test_property_fused_path_matches_generic(property_fast, batch, steps, classe
     got = module.forward_backward_logits(xp, *args, dtype)
     compare_forward(backend, got[:3], want[:3], valid, rtol=1e-11, atol=1e-11)
     assert_close(backend.to_numpy(got[3]), backend.to_numpy(want[3]), rtol=1e-10, atol=1e-13)
+
+
+def test_autodiff_through_the_core_still_works(fast):
+    # Users may differentiate ace_loss with their framework's autodiff instead of
+    # calling ace_loss_and_grad: torch keeps the generic kernel's graph for scores
+    # that require grad, JAX differentiates through the fast path itself.
+    import ace_core
+
+    backend, _ = fast
+    if backend.entry.library not in ("torch", "jax"):
+        pytest.skip("no autodiff in this library")
+    logits, counts, valid, _, _ = make_inputs(np.random.default_rng(8), 3, 9, 37, "lengths")
+    logits = np.where(valid[:, :, None], logits, 0.0)
+    scores, n = backend.asarray(logits, "float64"), backend.asarray(counts, "float64")
+    lengths = backend.asarray(valid.sum(axis=1))
+    _, expected = ace_core.ace_loss_and_grad(scores, n, input_lengths=lengths)
+    if backend.entry.library == "torch":
+        scores.requires_grad_(True)
+        ace_core.ace_loss(scores, n, input_lengths=lengths).backward()
+        got = scores.grad
+    else:
+        import jax
+
+        got = jax.grad(lambda s: ace_core.ace_loss(s, n, input_lengths=lengths))(scores)
+    assert_close(backend.to_numpy(got), backend.to_numpy(expected), rtol=1e-10, atol=1e-13)
