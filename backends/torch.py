@@ -16,8 +16,9 @@ such a class present falls back to the generic log-space kernel.
 
 Scores that require grad (with grad mode on) take the generic kernel, whose
 torch ops autograd can differentiate; the integration's custom ops call the
-core without that, and get this path. CUDA tensors go to the fused CuPy kernels (:mod:`ace_core.backends.cupy`)
-through DLPack, zero-copy, on torch's current stream when CuPy is installed
+core without that, and get this path. CUDA tensors go to the fused CuPy
+kernels (:mod:`ace_core.backends.cupy`) through DLPack, zero-copy, on torch's
+current stream when CuPy is installed
 (bfloat16 as its bit patterns); otherwise they take the path above.
 """
 
