@@ -133,6 +133,11 @@ def _forward(a: torch.Tensor, valid: torch.Tensor | None, e: torch.Tensor):
     return step_max, step_log_sum, rowsum, log_mass
 
 
+#: Above this many classes the backward gathers the few present classes instead of
+#: building the rank-2 factor over all of them (a second (B, T, C) tensor).
+DENSE_MAX_CLASSES = 256
+
+
 def _backward_into(
     e: torch.Tensor,
     rho: torch.Tensor,
@@ -146,10 +151,29 @@ def _backward_into(
     present = counts != 0
     weights = counts * (grad_out / safe)[:, None]
     per_mass = torch.where(present, weights * torch.exp(-torch.where(present, log_mass, 0)), 0)
+    if e.shape[2] > DENSE_MAX_CLASSES:
+        _backward_sparse(e, rho, present, per_mass)
+        return
     total = torch.bmm(e, per_mass[:, :, None])[:, :, 0]
     left = torch.stack([rho * rho * total, -rho], dim=2)
     right = torch.stack([torch.ones_like(per_mass), per_mass], dim=1)
     e.mul_(torch.bmm(left, right))
+
+
+def _backward_sparse(e: torch.Tensor, rho: torch.Tensor, present: torch.Tensor, per_mass: torch.Tensor) -> None:
+    """The same on the present classes only: ``e ← e u``, then ``e[:, :, P] -= e_P ρ W_P``.
+
+    ``P`` is each sample's present classes, padded to the largest count with
+    entries of weight 0 (so the padding adds nothing).
+    """
+    width = max(1, int(present.sum(dim=1).max()))  # a host sync on (B,) values
+    order = torch.argsort((~present).to(torch.int8), dim=1, stable=True)[:, :width]
+    weight = torch.gather(per_mass, 1, order) * torch.gather(present, 1, order)
+    index = order[:, None, :].expand(e.shape[0], e.shape[1], width)
+    e_present = torch.gather(e, 2, index)
+    pull = e_present * (rho[:, :, None] * weight[:, None, :])
+    e.mul_((rho * (pull.sum(dim=2)))[:, :, None])
+    e.scatter_add_(2, index, -pull)
 
 
 def _tracks_grad(scores: torch.Tensor) -> bool:
