@@ -73,7 +73,7 @@ def _gradient(e, rho, grad_out, counts, lengths, log_mass):
     weights = counts * (grad_out / safe)[:, None]
     per_mass = jnp.where(present, weights * jnp.exp(-jnp.where(present, log_mass, 0)), 0)
     total = jnp.einsum("btc,bc->bt", e, per_mass)
-    return e * ((rho * rho * total)[:, :, None] - rho[:, :, None] * per_mass[:, None, :])
+    return e * ((rho * (rho * total))[:, :, None] - rho[:, :, None] * per_mass[:, None, :])
 
 
 def _inexact_pull(counts, log_mass, floor) -> jax.Array:

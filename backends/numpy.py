@@ -149,8 +149,12 @@ def _exp_into(blk: _Block, e: np.ndarray, per_row_shift: bool) -> tuple[np.ndarr
 
 
 def _rows_exact(rowsum: np.ndarray, row_floor: float) -> bool:
-    """No row overflowed (inf, NaN) or sank so low that its elements may have underflowed."""
-    return bool(np.all(np.isfinite(rowsum)) and np.all(rowsum >= row_floor))
+    """No row sum left ``[row_floor, 1 / row_floor]`` (or is inf, NaN).
+
+    Too low, elements may have underflowed; too high, ``1 / rowsum`` (and its
+    square in the small-C backward) would lose precision as a subnormal.
+    """
+    return bool(np.all((rowsum >= row_floor) & (rowsum <= 1 / row_floor)))
 
 
 def _log_norm(shift: np.ndarray, rowsum: np.ndarray) -> np.ndarray:
@@ -213,7 +217,7 @@ def _backward_dense(e: np.ndarray, scale: np.ndarray, weights: np.ndarray, log_m
     per_mass = np.where(present, weights * np.exp(-np.where(present, log_mass, 0)), 0).astype(e.dtype)
     rho = scale.astype(e.dtype)
     total = np.einsum("btc,bc->bt", e, per_mass)
-    left = np.stack([rho * rho * total, -rho], axis=2)  # (nb, T, 2)
+    left = np.stack([rho * (rho * total), -rho], axis=2)  # (nb, T, 2); ρ·total = Σ_k y W is O(1)
     right = np.stack([np.ones_like(per_mass), per_mass], axis=1)  # (nb, 2, C)
     # The factor is built for a few samples at a time: its scratch stays small (and in cache).
     per_sample = e.shape[1] * e.shape[2]

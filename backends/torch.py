@@ -155,7 +155,7 @@ def _backward_into(
         _backward_sparse(e, rho, present, per_mass)
         return
     total = torch.bmm(e, per_mass[:, :, None])[:, :, 0]
-    left = torch.stack([rho * rho * total, -rho], dim=2)
+    left = torch.stack([rho * (rho * total), -rho], dim=2)
     right = torch.stack([torch.ones_like(per_mass), per_mass], dim=1)
     e.mul_(torch.bmm(left, right))
 

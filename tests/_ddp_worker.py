@@ -55,6 +55,9 @@ def _worker(rank: int, world: int, init_file: str, out: str) -> None:
     _train(model, slice(rank * half, (rank + 1) * half))
     if rank == 0:
         torch.save({k: v.detach() for k, v in model.module.state_dict().items()}, out)
+    # Both ranks leave together: a rank that tears gloo down while the other still
+    # works on it was seen to abort ("terminate called without an active exception").
+    dist.barrier()
     dist.destroy_process_group()
 
 

@@ -118,11 +118,22 @@ def test_fused_and_halves_agree_with_the_generic_kernel(fast, shape, valid_kind)
 
 @pytest.mark.parametrize(
     ("case", "classes"),
-    [("huge", 5), ("huge", 300), ("dominant", 37), ("dominant", 300), ("vanishing", 37), ("vanishing", 300)],
+    [
+        ("huge", 5),
+        ("huge", 300),
+        ("large", 2),
+        ("large", 37),
+        ("large", 300),
+        ("dominant", 37),
+        ("dominant", 300),
+        ("vanishing", 37),
+        ("vanishing", 300),
+    ],
 )
 @pytest.mark.parametrize("dtype_name", ["float32", "float64"])
 def test_extreme_logits(fast, case, classes, dtype_name):
-    # huge: ±1e4 logits (exp overflows without a shift); dominant: 30 vs 0 (float32
+    # huge: ±1e4 logits (exp overflows without a shift); large: all near 60 (exp stays
+    # finite in float32 but 1/rowsum and its square leave the normal range); dominant: 30 vs 0 (float32
     # rounding of log y); vanishing: a present class whose probability underflows at
     # every step, so its mass must come from log space.
     backend, module = fast
@@ -131,6 +142,8 @@ def test_extreme_logits(fast, case, classes, dtype_name):
     logits, counts, valid, lengths, weights = make_inputs(rng, 3, 8, classes, "lengths")
     if case == "huge":
         logits = np.where(np.isfinite(logits), np.sign(logits) * 1e4 * rng.random(logits.shape), logits)
+    elif case == "large":
+        logits = np.where(np.isfinite(logits), 60 + rng.standard_normal(logits.shape), logits)
     elif case == "dominant":
         logits = np.where(np.isfinite(logits), 0.0, logits)
         logits[:, :, 1] = np.where(valid, 30.0, logits[:, :, 1])
