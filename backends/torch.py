@@ -160,7 +160,9 @@ def _backward_into(
     e.mul_(torch.bmm(left, right))
 
 
-def _backward_sparse(e: torch.Tensor, rho: torch.Tensor, present: torch.Tensor, per_mass: torch.Tensor) -> None:
+def _backward_sparse(
+    e: torch.Tensor, rho: torch.Tensor, present: torch.Tensor, per_mass: torch.Tensor
+) -> None:
     """The same on the present classes only: ``e ← e u``, then ``e[:, :, P] -= e_P ρ W_P``.
 
     ``P`` is each sample's present classes, padded to the largest count with
