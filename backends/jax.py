@@ -67,6 +67,11 @@ def _log_mass(a, valid, step_max, step_log_sum, mass, floor):
     return jax.lax.cond(jnp.any(mass < floor), in_log_space, lambda _: log_mass, None)
 
 
+def _on_valid(rho: jax.Array, valid: jax.Array | None) -> jax.Array:
+    """ρ = 0 at masked steps, so that their gradient is +0 (0 · a negative factor would be -0)."""
+    return rho if valid is None else jnp.where(valid, rho, 0)
+
+
 def _gradient(e, rho, grad_out, counts, lengths, log_mass):
     safe = jnp.where(lengths > 0, lengths, 1)
     present = counts != 0
@@ -108,7 +113,7 @@ def backward_logits(
     def fast(_: None) -> jax.Array:
         e = jnp.exp(scores.astype(dtype) - step_max[:, :, None])
         e = _kernel.where_valid(jnp, valid, e, 0)
-        return _gradient(e, jnp.exp(-step_log_sum), grad_out, counts, lengths, log_mass)
+        return _gradient(e, _on_valid(jnp.exp(-step_log_sum), valid), grad_out, counts, lengths, log_mass)
 
     def exact(_: None) -> jax.Array:
         return _kernel.backward_logits(xp, *args, dtype)
@@ -132,7 +137,7 @@ def forward_backward_logits(
     log_mass = _log_mass(a, valid, step_max, step_log_sum, mass, floor)
 
     def fast(_: None):
-        grad = _gradient(e, 1 / rowsum, grad_out, counts, lengths, log_mass)
+        grad = _gradient(e, _on_valid(1 / rowsum, valid), grad_out, counts, lengths, log_mass)
         return step_max, step_log_sum, log_mass, grad
 
     def exact(_: None):

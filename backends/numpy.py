@@ -258,6 +258,9 @@ def _backward_block(
 ) -> None:
     """The gradient into ``e``, where ``y = e · scale`` (``scale`` ``(nb, T)``)."""
     _, mass_floor = _floors(e.dtype, e.shape[1])
+    if blk.valid is not None:
+        # ρ = 0 at masked steps: their gradient is then +0 (0 · a negative factor would be -0).
+        scale = np.where(blk.valid, scale, 0)
     tiny_present = np.any((weights != 0) & (log_mass < math.log(mass_floor)))
     if e.shape[2] > DENSE_MAX_CLASSES or tiny_present:
         # Log space on the present classes: exact also where y / mass would not be.

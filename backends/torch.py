@@ -178,6 +178,11 @@ def _backward_sparse(
     e.scatter_add_(2, index, -pull)
 
 
+def _on_valid(rho: torch.Tensor, valid: torch.Tensor | None) -> torch.Tensor:
+    """ρ = 0 at masked steps, so that their gradient is +0 (0 · a negative factor would be -0)."""
+    return rho if valid is None else torch.where(valid, rho, 0)
+
+
 def _tracks_grad(scores: torch.Tensor) -> bool:
     """Autograd through the core's own ops was asked for: the generic kernel keeps that graph."""
     return scores.requires_grad and torch.is_grad_enabled()
@@ -228,7 +233,7 @@ def backward_logits(
         e.exp_()
         if valid is not None:
             e.masked_fill_(~valid[:, :, None], 0)
-        _backward_into(e, torch.exp(-step_log_sum), grad_out, counts, lengths, log_mass)
+        _backward_into(e, _on_valid(torch.exp(-step_log_sum), valid), grad_out, counts, lengths, log_mass)
     return e
 
 
@@ -253,5 +258,5 @@ def forward_backward_logits(
         if bool(torch.any((counts != 0) & (log_mass < math.log(_mass_floor(dtype, a.shape[1]))))):
             # y / mass is inexact for such a class: the generic kernel's log space is not.
             return _generic_tail("forward_backward_logits", grad_out, scores, counts, valid, lengths, dtype)
-        _backward_into(e, 1 / rowsum, grad_out, counts, lengths, log_mass)
+        _backward_into(e, _on_valid(1 / rowsum, valid), grad_out, counts, lengths, log_mass)
     return step_max, step_log_sum, log_mass, e
