@@ -175,9 +175,13 @@ def _split_log_norm(log_norm: np.ndarray, dtype: np.dtype) -> tuple[np.ndarray, 
 
 
 def _log_mass(blk: _Block, e: np.ndarray, rowsum: np.ndarray, log_norm: np.ndarray, mass_floor: float):
-    """``log Σ_t y`` ``(nb, C)`` with ``y = e / rowsum``; tiny masses are recomputed in log space."""
+    """``log Σ_t y`` ``(nb, C)`` in float64 with ``y = e / rowsum``; tiny masses are recomputed in log space.
+
+    float64, like ``log_norm``: the log-space backward subtracts both from the
+    logits, and a float32 rounding of a large ``|log_mass|`` would show in ``r``.
+    """
     mass = np.einsum("bt,btc->bc", 1 / rowsum, e)
-    log_mass = np.log(mass)
+    log_mass = np.log(mass.astype(np.float64))
     tiny = mass < mass_floor
     if tiny.any():
         for sample, column in zip(*np.nonzero(tiny), strict=True):
@@ -239,7 +243,9 @@ def _backward_sparse(
             e[sample] = 0
             continue
         log_r = blk.a[sample][:, present] - log_norm[sample][:, None] - log_mass[sample, present]
-        r = np.exp(log_r)
+        # r = y / Σ_t y lies in [0, 1]; the clip removes a rounding excess that would
+        # push |grad| past its bound of 1.
+        r = np.minimum(np.exp(log_r), 1)
         if blk.valid is not None:
             r = np.where(blk.valid[sample][:, None], r, 0)
         pull = r * weights[sample, present]
@@ -347,9 +353,10 @@ def forward_backward_logits(
         blk = _Block(scores, valid, block, dtype)
         e = grad[block]
         with np.errstate(all="ignore"):
-            rowsum, log_norm, log_mass[block] = _forward_block(blk, e)
+            rowsum, log_norm, block_log_mass = _forward_block(blk, e)
             step_max[block], step_log_sum[block] = _split_log_norm(log_norm, dtype)
-            _backward_block(blk, e, 1 / rowsum.astype(np.float64), weights[block], log_norm, log_mass[block])
+            log_mass[block] = block_log_mass
+            _backward_block(blk, e, 1 / rowsum.astype(np.float64), weights[block], log_norm, block_log_mass)
 
     _run_blocks(batch, steps * classes, work)
     return step_max, step_log_sum, log_mass, grad
