@@ -1,24 +1,29 @@
 """Choosing the implementation of the kernel for a namespace.
 
-``kernel_for(xp)`` returns an object with the functions of
-:mod:`ace_core._kernel`; where ``ace_core.backends.<library>`` exists and
-defines a function, that fast path replaces the generic one. The choice is
-cached per namespace, and a library's module is imported only once arrays of
-that library have been seen, so ``import ace_core`` imports no framework.
+``kernel_for(xp)`` returns a :class:`Kernel` holding the five functions of
+:class:`ace_core._contract.KernelFunctions`; where ``ace_core.backends.<library>``
+exists and defines a function, that fast path replaces the generic one of
+:mod:`ace_core._kernel`. A module that replaces a half from logits
+(``forward_logits`` or ``backward_logits``) must also define
+``forward_backward_logits``, so that ``ace_loss_and_grad`` never mixes a fast
+half with a generic one by accident. The choice is cached per namespace, and
+a library's module is imported only once arrays of that library have been
+seen, so ``import ace_core`` imports no framework.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
+from collections.abc import Callable
 from functools import cache
-from types import SimpleNamespace
 
 import array_api_compat
 
 from . import _kernel
 from ._typing import ArrayNamespace
 
-__all__ = ["kernel_for", "library_name", "KERNEL_FUNCTIONS"]
+__all__ = ["Kernel", "kernel_for", "library_name", "KERNEL_FUNCTIONS"]
 
 KERNEL_FUNCTIONS = (
     "forward_logits",
@@ -27,6 +32,18 @@ KERNEL_FUNCTIONS = (
     "backward_probs",
     "forward_backward_logits",
 )
+
+
+@dataclasses.dataclass(frozen=True)
+class Kernel:
+    """The kernel functions chosen for one library (see :class:`ace_core._contract.KernelFunctions`)."""
+
+    library: str
+    forward_logits: Callable
+    forward_probs: Callable
+    backward_logits: Callable
+    backward_probs: Callable
+    forward_backward_logits: Callable
 
 
 def library_name(xp: ArrayNamespace) -> str:
@@ -54,33 +71,18 @@ def _fast_path_module(library: str):
 
 
 @cache
-def _kernel_for_library(library: str) -> SimpleNamespace:
+def _kernel_for_library(library: str) -> Kernel:
     fast = _fast_path_module(library)
-    chosen = {}
-    for name in KERNEL_FUNCTIONS:
-        chosen[name] = getattr(fast, name, None) or getattr(_kernel, name)
-    halves_are_fast = (chosen["forward_logits"], chosen["backward_logits"]) != (
-        _kernel.forward_logits,
-        _kernel.backward_logits,
-    )
-    if getattr(fast, "forward_backward_logits", None) is None and halves_are_fast:
-        # A library with fast halves but no fused path composes its own halves.
-        chosen["forward_backward_logits"] = _composed(chosen["forward_logits"], chosen["backward_logits"])
-    return SimpleNamespace(library=library, **chosen)
-
-
-def _composed(forward_logits, backward_logits):
-    def forward_backward_logits(xp, grad_out, scores, counts, valid, lengths, dtype):
-        step_max, step_log_sum, log_mass = forward_logits(xp, scores, valid, dtype)
-        grad = backward_logits(
-            xp, grad_out, scores, counts, valid, lengths, step_max, step_log_sum, log_mass, dtype
+    chosen = {name: getattr(fast, name, None) or getattr(_kernel, name) for name in KERNEL_FUNCTIONS}
+    has = {name: getattr(fast, name, None) is not None for name in KERNEL_FUNCTIONS}
+    if (has["forward_logits"] or has["backward_logits"]) and not has["forward_backward_logits"]:
+        raise TypeError(
+            f"{fast.__name__} replaces a half of the kernel from logits but not forward_backward_logits"
         )
-        return step_max, step_log_sum, log_mass, grad
-
-    return forward_backward_logits
+    return Kernel(library=library, **chosen)
 
 
-def kernel_for(xp: ArrayNamespace) -> SimpleNamespace:
+def kernel_for(xp: ArrayNamespace) -> Kernel:
     """The kernel functions for ``xp``: a library's fast path where it has one, else the generic.
 
     Tests of a fast path compare its functions with those of

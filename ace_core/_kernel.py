@@ -1,21 +1,25 @@
 """The generic ACE kernel, written with array API standard functions only.
 
 This is the readable reference that every fast path in ``backends/`` must
-agree with. Notation (per sample b, SPEC section 1): ``a`` logits, ``y`` the
-softmax over classes, ``N`` counts, ``T_b`` valid steps, ``N̄ = N / T_b``.
+agree with (the contract: :mod:`ace_core._contract`). Notation (per sample b):
+``a`` logits, ``y`` the softmax over classes, ``N`` counts, ``T_b`` valid
+steps, ``N̄ = N / T_b``.
 
-Forward, in log space and without an epsilon::
+Forward, in log space and without an epsilon, each log-sum kept as a shift
+plus the log of a sum whose largest term is 1::
 
-    log_norm[b, t] = logsumexp_k a[b, t, k]        (kept as step_max + step_log_sum)
-    log_mass[b, k] = logsumexp_{t valid} (a[b, t, k] - log_norm[b, t])   # log Σ_t y
+    log_norm[b, t] = logsumexp_k a[b, t, k]        = step_max + step_log_sum
+    log y[b, t, k] = (a[b, t, k] - step_max[b, t]) - step_log_sum[b, t]
+    log_mass[b, k] = logsumexp_{t valid} log y     = mass_max + mass_log_sum   # log Σ_t y
     L[b]           = -Σ_{k: N>0} N̄[b, k] (log_mass[b, k] - log T_b)
 
 Backward, closed form (``r = y / Σ_t y`` and ``s = Σ_k N̄ r`` lie in [0, 1])::
 
+    log r[b, t, k] = (log y[b, t, k] - mass_max[b, k]) - mass_log_sum[b, k]    # <= 0 exactly
     ∂L/∂a[b, t, k] = y[b, t, k] s[b, t] - N̄[b, k] r[b, t, k]   (0 at masked t)
 
-Only the log-normalizer ``(B, T)`` (in two parts) and ``log_mass`` ``(B, C)``
-are kept between the two halves. Samples are assumed feasible here; the caller masks the others.
+Only these four statistics, ``(B, T)`` and ``(B, C)``, are kept between the two
+halves. Samples are assumed feasible here; the caller masks the others.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ import math
 
 from array_api_compat import device as _device
 
+from ._contract import ACEResiduals
 from ._typing import Array, ArrayNamespace, DType
 
 __all__ = [
@@ -33,6 +38,9 @@ __all__ = [
     "backward_logits",
     "backward_probs",
     "forward_backward_logits",
+    "kernel_residuals",
+    "half_log_y",
+    "mass_from_half_log_y",
     "regression_forward",
     "regression_backward",
     "softmax_backward",
@@ -53,48 +61,68 @@ def where_valid(xp: ArrayNamespace, valid: Array | None, values: Array, fill: fl
     return xp.where(valid[:, :, None], values, fill)
 
 
-def _masked_logsumexp_over_steps(xp: ArrayNamespace, values: Array, valid: Array | None) -> Array:
-    """``logsumexp`` over axis 1 of ``(B, T, C)`` at valid steps; ``-inf`` where none is valid."""
-    masked = where_valid(xp, valid, values, -math.inf)
-    peak = xp.max(masked, axis=1, keepdims=True)
-    # A sample with no valid step has peak -inf; shift by 0 there so that no
-    # -inf - -inf = nan appears.
-    peak = xp.where(xp.isinf(peak) & (peak < 0), 0, peak)
-    total = xp.sum(xp.exp(masked - peak), axis=1)
-    return peak[:, 0, :] + safe_log(xp, total)
-
-
-def _log_softmax(xp: ArrayNamespace, a: Array) -> tuple[Array, Array, Array]:
-    """``(log y, step_max, step_log_sum)`` over the class axis.
+def _log_softmax_halves(xp: ArrayNamespace, a: Array) -> tuple[Array, Array, Array]:
+    """``(log y / 2, step_max, step_log_sum)`` over the class axis.
 
     The log-normalizer is kept in two parts, ``step_max + step_log_sum``:
     ``log y = (a - step_max) - step_log_sum`` keeps a dominant class's log y
     near 0 exact, where ``a - (step_max + step_log_sum)`` would round the small
     ``step_log_sum`` away against a large ``step_max`` (float32 logits of 30
     would lose 1e-6 in y and push the gradient past its bound of 1).
+
+    ``log y`` is returned halved, ``(a/2 - step_max/2) - step_log_sum/2``: the
+    same value (halving is exact) that stays finite for any finite logits, where
+    ``a - step_max`` overflows once ``|a|`` exceeds half the largest float.
     """
     step_max = xp.max(a, axis=-1, keepdims=True)
-    shifted = a - step_max
-    step_log_sum = xp.log(xp.sum(xp.exp(shifted), axis=-1, keepdims=True))
-    return shifted - step_log_sum, step_max[..., 0], step_log_sum[..., 0]
+    half_shifted = a * 0.5 - step_max * 0.5
+    step_log_sum = xp.log(xp.sum(xp.exp(half_shifted + half_shifted), axis=-1, keepdims=True))
+    return half_shifted - step_log_sum * 0.5, step_max[..., 0], step_log_sum[..., 0]
+
+
+def half_log_y(xp: ArrayNamespace, a: Array, valid: Array | None, step_max: Array, step_log_sum: Array):
+    """``log y / 2`` ``(B, T, C)`` from the step statistics, ``-inf`` at masked steps (y = 0 there)."""
+    half = (a * 0.5 - step_max[:, :, None] * 0.5) - step_log_sum[:, :, None] * 0.5
+    return where_valid(xp, valid, half, -math.inf)
+
+
+def mass_from_half_log_y(xp: ArrayNamespace, half_log_y: Array) -> tuple[Array, Array]:
+    """``(max_t log y / 2, log Σ_t exp(log y - max_t log y))`` ``(B, C)``; masked steps hold ``-inf``.
+
+    The log-sum is at least 0 (its largest term is ``exp(0) = 1``), at most
+    ``log T``. A class with no finite term gets ``(0, -inf)``: shifting by 0
+    there keeps ``-inf - -inf = nan`` out.
+    """
+    peak = xp.max(half_log_y, axis=1)
+    peak = xp.where(peak == -math.inf, 0, peak)
+    gap = half_log_y - peak[:, None, :]
+    return peak, safe_log(xp, xp.sum(xp.exp(gap + gap), axis=1))
 
 
 def forward_logits(
     xp: ArrayNamespace, scores: Array, valid: Array | None, dtype: DType
-) -> tuple[Array, Array, Array]:
-    """``(step_max (B, T), step_log_sum (B, T), log_mass (B, C))`` from logits ``(B, T, C)``."""
+) -> tuple[Array, Array, Array, Array]:
+    """``(step_max, step_log_sum, mass_max, mass_log_sum)`` from logits ``(B, T, C)``.
+
+    ``mass_max`` is the max over valid steps of ``log y`` and ``mass_log_sum``
+    the log of ``Σ_t exp(log y - mass_max)``; ``log Σ_t y`` is their sum (``-inf``
+    where it is below the dtype's range: then ``mass_max`` is ``-inf``).
+    """
     # Masked steps may hold any padding (-inf from masked_fill, NaN); zero
     # them so that they neither warn nor leak into the valid steps.
     a = where_valid(xp, valid, xp.astype(scores, dtype, copy=False), 0)
-    log_y, step_max, step_log_sum = _log_softmax(xp, a)
-    return step_max, step_log_sum, _masked_logsumexp_over_steps(xp, log_y, valid)
+    half, step_max, step_log_sum = _log_softmax_halves(xp, a)
+    half_max, mass_log_sum = mass_from_half_log_y(xp, where_valid(xp, valid, half, -math.inf))
+    return step_max, step_log_sum, half_max + half_max, mass_log_sum
 
 
-def forward_probs(xp: ArrayNamespace, scores: Array, valid: Array | None, dtype: DType) -> Array:
-    """``log_mass (B, C) = log Σ_{t valid} y`` from probabilities ``(B, T, C)``."""
+def forward_probs(
+    xp: ArrayNamespace, scores: Array, valid: Array | None, dtype: DType
+) -> tuple[Array, Array]:
+    """``(mass_max, mass_log_sum) = (log Σ_{t valid} y, 0)`` from probabilities ``(B, T, C)``."""
     y = xp.astype(scores, dtype, copy=False)
-    mass = xp.sum(where_valid(xp, valid, y, 0), axis=1)
-    return safe_log(xp, mass)
+    log_mass = safe_log(xp, xp.sum(where_valid(xp, valid, y, 0), axis=1))
+    return log_mass, xp.zeros_like(log_mass)
 
 
 def _safe_lengths(xp: ArrayNamespace, lengths: Array) -> Array:
@@ -123,21 +151,35 @@ def backward_logits(
     grad_out: Array,
     scores: Array,
     counts: Array,
-    valid: Array | None,
-    lengths: Array,
-    step_max: Array,
-    step_log_sum: Array,
-    log_mass: Array,
+    residuals: ACEResiduals,
     dtype: DType,
 ) -> Array:
-    """``g_b (y s - N̄ r)`` ``(B, T, C)`` in ``dtype``, 0 at masked steps."""
-    shifted = xp.astype(scores, dtype, copy=False) - step_max[:, :, None]
-    # -inf at masked steps makes y and N̄ r exactly 0 there, whatever the padding.
-    log_y = where_valid(xp, valid, shifted - step_log_sum[:, :, None], -math.inf)
-    weight = _log_target_over_mass(xp, counts, lengths, log_mass)
-    pull = xp.exp(log_y + weight[:, None, :])  # N̄ r, in [0, N̄]
+    """``g_b (y s - N̄ r)`` ``(B, T, C)`` in ``dtype``, +0 at masked steps.
+
+    ``log r = (log y - mass_max) - mass_log_sum`` is at most 0 for the
+    generic forward's residuals; the clip at 0 keeps ``r <= 1`` also for a
+    fast path's split. Where ``mass_max`` is ``-inf`` (every ``log y`` of the
+    class below the dtype's range) the two parts are recomputed here from the
+    halved ``log y``, which stays finite, so that tied steps still share ``r``.
+    """
+    res = residuals
+    a = xp.astype(scores, dtype, copy=False)
+    half = half_log_y(xp, a, res.valid, res.step_max, res.step_log_sum)
+    fresh_half_max, fresh_log_sum = mass_from_half_log_y(xp, half)
+    lost = res.mass_max == -math.inf
+    half_max = xp.where(lost, fresh_half_max, res.mass_max * 0.5)
+    log_sum = xp.where(lost, fresh_log_sum, res.mass_log_sum)
+    # A class without any mass (no valid step) has r = 0/0: taken as 0, with no NaN on the way.
+    log_sum = xp.where(log_sum == -math.inf, 0, log_sum)
+    gap = half - half_max[:, None, :]
+    log_r = (gap + gap) - log_sum[:, None, :]
+    r = xp.exp(xp.where(log_r > 0, 0, log_r))
+    present = counts > 0
+    n_bar = xp.where(present, counts / _safe_lengths(xp, res.lengths)[:, None], 0)
+    # A class with N = 0 gets no pull, even where its r is undefined (no mass at all).
+    pull = xp.where(present[:, None, :], n_bar[:, None, :] * r, 0)  # N̄ r, in [0, N̄]
     push = xp.sum(pull, axis=-1, keepdims=True)  # s, in [0, 1]
-    grad = xp.exp(log_y) * push - pull
+    grad = xp.exp(half + half) * push - pull
     return grad * grad_out[:, None, None]
 
 
@@ -149,17 +191,35 @@ def forward_backward_logits(
     valid: Array | None,
     lengths: Array,
     dtype: DType,
-) -> tuple[Array, Array, Array, Array]:
-    """``(step_max, step_log_sum, log_mass, grad)``: :func:`forward_logits`, then :func:`backward_logits`.
+    *,
+    out: Array | None = None,
+) -> tuple[Array, Array, Array, Array, Array]:
+    """``(step_max, step_log_sum, mass_max, mass_log_sum, grad)``: :func:`forward_logits`, then
+    :func:`backward_logits`; the gradient is written into ``out`` where given.
 
     One entry point for ``ace_loss_and_grad``, so that a fast path may share
     work between the halves (the softmax, computed once into the gradient's buffer).
     """
-    step_max, step_log_sum, log_mass = forward_logits(xp, scores, valid, dtype)
-    grad = backward_logits(
-        xp, grad_out, scores, counts, valid, lengths, step_max, step_log_sum, log_mass, dtype
-    )
-    return step_max, step_log_sum, log_mass, grad
+    statistics = forward_logits(xp, scores, valid, dtype)
+    residuals = kernel_residuals(xp, statistics, valid, lengths)
+    grad = backward_logits(xp, grad_out, scores, counts, residuals, dtype)
+    if out is not None:
+        out[...] = grad
+        grad = out
+    return (*statistics, grad)
+
+
+def kernel_residuals(
+    xp: ArrayNamespace, statistics: tuple, valid: Array | None, lengths: Array
+) -> ACEResiduals:
+    """:class:`ACEResiduals` of feasible samples from the four statistics of a forward from logits.
+
+    For a kernel's own use (its backward reads ``valid``, ``lengths`` and the
+    statistics, never ``keep`` or ``drop_value``, which the caller applies).
+    """
+    keep = xp.ones(lengths.shape, dtype=xp.bool, device=_device(lengths))
+    drop_value = xp.asarray(math.nan, dtype=lengths.dtype, device=_device(lengths))
+    return ACEResiduals(*statistics, valid, lengths, keep, drop_value)
 
 
 def backward_probs(
@@ -167,24 +227,22 @@ def backward_probs(
     grad_out: Array,
     scores: Array,
     counts: Array,
-    valid: Array | None,
-    lengths: Array,
-    log_mass: Array,
+    residuals: ACEResiduals,
     dtype: DType,
 ) -> Array:
     """``∂L/∂y = -g_b N_bk / (T_b Σ_t y_btk)`` at valid steps (0 where N = 0 or t masked)."""
-    per_class = -xp.exp(_log_target_over_mass(xp, counts, lengths, log_mass))
+    per_class = -xp.exp(_log_target_over_mass(xp, counts, residuals.lengths, residuals.log_mass))
     per_class = per_class * grad_out[:, None]
     zeros = xp.zeros(scores.shape, dtype=dtype, device=_device(scores))
-    return where_valid(xp, valid, per_class[:, None, :] + zeros, 0)
+    return where_valid(xp, residuals.valid, per_class[:, None, :] + zeros, 0)
 
 
 def _probabilities(xp: ArrayNamespace, scores: Array, from_logits: bool, dtype: DType) -> Array:
     a = xp.astype(scores, dtype, copy=False)
     if not from_logits:
         return a
-    log_y, _, _ = _log_softmax(xp, a)
-    return xp.exp(log_y)
+    half_log_y, _, _ = _log_softmax_halves(xp, a)
+    return xp.exp(half_log_y + half_log_y)
 
 
 def regression_forward(

@@ -12,14 +12,25 @@ gradient 0, and under tracing without it their loss is NaN.
 from __future__ import annotations
 
 import math
-from typing import Any, NamedTuple
+from typing import Any
 
 from array_api_compat import device
 
+from ._contract import ACEResiduals
 from ._dispatch import kernel_for
-from ._inputs import Prepared, prepare
+from ._inputs import (
+    Prepared,
+    check_counts,
+    check_flag,
+    check_floor_counts,
+    check_grad_output,
+    check_residuals,
+    check_scores,
+    prepare,
+)
 from ._kernel import loss_from_log_mass, regression_backward, regression_forward
 from ._namespace import arrays_namespace, compute_dtype
+from ._out import check_out
 from ._typing import Array, ArrayNamespace, Reduction
 
 __all__ = [
@@ -34,27 +45,6 @@ __all__ = [
 ]
 
 _REDUCTIONS = ("none", "sum", "mean")
-
-
-class ACEResiduals(NamedTuple):
-    """What :func:`ace_backward` needs besides the scores and counts: O(B·(T + C)).
-
-    A ``NamedTuple``, so it is a JAX pytree and can be saved by ``custom_vjp``.
-    """
-
-    #: (B, T) the shift of each step's log-normalizer: the max over classes of the logits in the
-    #: generic kernel (a fast path may shift by another bound); None for probability input.
-    step_max: Array | None
-    #: (B, T) log Σ_k exp(a - step_max): the log-normalizer is ``step_max + step_log_sum``,
-    #: kept in two parts for accuracy (see :mod:`ace_core._kernel`); None for probability input.
-    step_log_sum: Array | None
-    log_mass: Array  #: (B, C) log Σ_{t valid} y_btk
-    valid: Array | None  #: (B, T) bool, the valid steps; None when every step is valid
-    lengths: Array  #: (B,) T_b in the accumulation dtype
-    keep: Array  #: (B,) bool, False for infeasible samples (T_b = 0 or a negative count)
-    #: () the loss and gradient of infeasible samples: 0 with ``zero_infinity``, else NaN.
-    #: An array rather than a bool so that the residuals can cross a ``jax.jit`` boundary.
-    drop_value: Array
 
 
 def _check_reduction(reduction: str) -> None:
@@ -92,16 +82,18 @@ def _forward(prep: Prepared, from_logits: bool, zero_infinity: bool):
     xp = prep.xp
     kernel = kernel_for(xp)
     if from_logits:
-        step_max, step_log_sum, log_mass = kernel.forward_logits(xp, prep.scores, prep.valid, prep.dtype)
+        step_max, step_log_sum, mass_max, mass_log_sum = kernel.forward_logits(
+            xp, prep.scores, prep.valid, prep.dtype
+        )
     else:
         step_max = step_log_sum = None
-        log_mass = kernel.forward_probs(xp, prep.scores, prep.valid, prep.dtype)
-    per_sample = loss_from_log_mass(xp, prep.counts, prep.lengths, log_mass)
+        mass_max, mass_log_sum = kernel.forward_probs(xp, prep.scores, prep.valid, prep.dtype)
     drop_value = _drop_value(prep, zero_infinity)
-    per_sample = _mask_infeasible(xp, per_sample, prep.feasible, drop_value)
     residuals = ACEResiduals(
-        step_max, step_log_sum, log_mass, prep.valid, prep.lengths, prep.feasible, drop_value
+        step_max, step_log_sum, mass_max, mass_log_sum, prep.valid, prep.lengths, prep.feasible, drop_value
     )
+    per_sample = loss_from_log_mass(xp, prep.counts, prep.lengths, residuals.log_mass)
+    per_sample = _mask_infeasible(xp, per_sample, prep.feasible, drop_value)
     return per_sample, residuals
 
 
@@ -118,37 +110,31 @@ def _backward(
     if from_logits:
         if res.step_max is None:
             raise ValueError("these residuals come from probability input; pass from_logits=False")
-        grad = kernel.backward_logits(
-            xp,
-            grad_out,
-            scores3,
-            counts,
-            res.valid,
-            res.lengths,
-            res.step_max,
-            res.step_log_sum,
-            res.log_mass,
-            dtype,
-        )
+        grad = kernel.backward_logits(xp, grad_out, scores3, counts, res, dtype)
     else:
-        grad = kernel.backward_probs(
-            xp, grad_out, scores3, counts, res.valid, res.lengths, res.log_mass, dtype
-        )
+        grad = kernel.backward_probs(xp, grad_out, scores3, counts, res, dtype)
     return _mask_infeasible(xp, grad, res.keep, res.drop_value)
 
 
-def _forward_backward_logits(prep: Prepared, grad_out: Array, zero_infinity: bool) -> tuple[Array, Array]:
+def _forward_backward_logits(
+    prep: Prepared, grad_out: Array, zero_infinity: bool, out: Array | None = None
+) -> tuple[Array, Array]:
     """Per-sample loss and gradient from logits in one kernel call (``ace_loss_and_grad``)."""
     xp = prep.xp
-    step_max, step_log_sum, log_mass, grad = kernel_for(xp).forward_backward_logits(
-        xp, grad_out, prep.scores, prep.counts, prep.valid, prep.lengths, prep.dtype
+    *statistics, grad = kernel_for(xp).forward_backward_logits(
+        xp, grad_out, prep.scores, prep.counts, prep.valid, prep.lengths, prep.dtype, out=out
     )
-    per_sample = loss_from_log_mass(xp, prep.counts, prep.lengths, log_mass)
+    _, _, mass_max, mass_log_sum = statistics
+    per_sample = loss_from_log_mass(xp, prep.counts, prep.lengths, mass_max + mass_log_sum)
     drop_value = _drop_value(prep, zero_infinity)
     per_sample = _mask_infeasible(xp, per_sample, prep.feasible, drop_value)
     if not prep.all_feasible:
         # Only then: the mask is a full pass over the gradient.
-        grad = _mask_infeasible(xp, grad, prep.feasible, drop_value)
+        masked = _mask_infeasible(xp, grad, prep.feasible, drop_value)
+        if out is None:
+            grad = masked
+        else:
+            out[...] = masked
     return per_sample, grad
 
 
@@ -233,14 +219,15 @@ def ace_backward(
     array
         Same shape and dtype as ``scores``.
     """
-    xp = arrays_namespace(scores, counts, grad_output, xp=xp)
+    xp = arrays_namespace(grad_output, scores, counts, xp=xp, names=("grad_output", "scores", "counts"))
+    check_scores(xp, scores)
     batch, classes = scores.shape[0], scores.shape[-1]
+    check_counts(xp, counts, batch, classes)
+    check_residuals(residuals, batch, math.prod(scores.shape[1:-1]))
+    from_logits = check_flag(from_logits, "from_logits")
     scores3 = xp.reshape(scores, (batch, -1, classes))
     dtype = compute_dtype(xp, scores.dtype)
-    if tuple(counts.shape) != (batch, classes):
-        raise ValueError(f"`counts` must have shape ({batch}, {classes}), got {tuple(counts.shape)}")
-    grad_out = xp.asarray(grad_output, device=device(scores))
-    grad_out = xp.broadcast_to(xp.astype(grad_out, dtype), (batch,))
+    grad_out = check_grad_output(xp, grad_output, batch, dtype, device(scores))
     grad = _backward(xp, grad_out, scores3, xp.astype(counts, dtype), residuals, dtype, from_logits)
     return xp.astype(xp.reshape(grad, scores.shape), scores.dtype, copy=False)
 
@@ -309,6 +296,7 @@ def ace_loss_and_grad(
     reduction: Reduction = "mean",
     zero_infinity: bool = False,
     xp: ArrayNamespace | None = None,
+    out: Array | None = None,
 ) -> tuple[Array, Array]:
     """The loss of :func:`ace_loss` and its closed-form gradient with respect to ``scores``.
 
@@ -316,24 +304,53 @@ def ace_loss_and_grad(
     dtype of ``scores`` and is bounded, ``|∂L/∂a| <= 1`` per sample (times the
     ``1/B`` of ``"mean"``).
 
+    Parameters
+    ----------
+    out : array, optional
+        A buffer for the gradient, as NumPy's ``out=``: the shape, dtype and
+        device of ``scores``, writable, contiguous and not sharing memory with
+        ``scores`` (NumPy, CuPy and torch arrays; JAX arrays are immutable).
+        Reusing one buffer across calls saves allocating (and faulting in) a
+        fresh gradient every time. It is returned as ``grad``.
+
     Returns
     -------
     loss : array
         As :func:`ace_loss` returns it.
     grad : array
         ``∂ loss / ∂ scores``; for ``reduction="none"`` the gradient of the sum.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from ace_core import ace_loss_and_grad
+    >>> logits, counts = np.zeros((2, 4, 3), np.float32), np.array([[2, 1, 1], [4, 0, 0]])
+    >>> grad = np.empty_like(logits)  # allocated once, reused at every step
+    >>> loss, g = ace_loss_and_grad(logits, counts, out=grad)
+    >>> g is grad
+    True
     """
     _check_reduction(reduction)
     prep = prepare(scores, counts, input_lengths=input_lengths, mask=mask, zero_infinity=zero_infinity, xp=xp)
     xp = prep.xp
+    if out is not None:
+        check_out(xp, out, scores)
     weights = _reduction_weights(prep, reduction)
     if from_logits:
-        per_sample, grad = _forward_backward_logits(prep, weights, zero_infinity)
+        # The kernel writes straight into `out` where it computes in the dtype of the scores.
+        direct = out is not None and prep.dtype == scores.dtype
+        kernel_out = xp.reshape(out, prep.scores.shape) if direct else None
+        per_sample, grad = _forward_backward_logits(prep, weights, zero_infinity, out=kernel_out)
     else:
+        direct = False
         per_sample, residuals = _forward(prep, from_logits, zero_infinity)
         grad = _backward(xp, weights, prep.scores, prep.counts, residuals, prep.dtype, from_logits)
-    loss = _reduce(xp, per_sample, reduction)
-    return xp.astype(loss, scores.dtype), xp.astype(xp.reshape(grad, prep.shape), scores.dtype, copy=False)
+    loss = xp.astype(_reduce(xp, per_sample, reduction), scores.dtype)
+    if out is None:
+        return loss, xp.astype(xp.reshape(grad, prep.shape), scores.dtype, copy=False)
+    if not direct:
+        out[...] = xp.astype(xp.reshape(grad, prep.shape), scores.dtype, copy=False)
+    return loss, out
 
 
 def regression_ace_loss(
@@ -381,7 +398,8 @@ def regression_ace_loss_and_grad(
     Takes the arguments of :func:`regression_ace_loss`; returns ``(loss, grad)``.
     """
     _check_reduction(reduction)
-    prep = prepare(scores, counts, input_lengths=input_lengths, mask=mask, zero_infinity=True, xp=xp)
+    # Negative counts and rows that do not sum to T_b raise; T_b = 0 is fine (the loss is ½ Σ N² = 0).
+    prep = prepare(scores, counts, input_lengths=input_lengths, mask=mask, allow_empty=True, xp=xp)
     xp = prep.xp
     per_sample, excess = regression_forward(xp, prep.scores, prep.counts, prep.valid, from_logits, prep.dtype)
     loss = xp.astype(_reduce(xp, per_sample, reduction), scores.dtype)
@@ -421,9 +439,8 @@ def entropy_floor(counts: Array, *, reduction: Reduction = "none", xp: ArrayName
     array([1.03972077])
     """
     _check_reduction(reduction)
-    xp = arrays_namespace(counts, xp=xp)
-    if counts.ndim != 2:
-        raise ValueError(f"`counts` must have shape (B, C), got {tuple(counts.shape)}")
+    xp = arrays_namespace(counts, xp=xp, names=("counts",))
+    check_floor_counts(xp, counts)
     dtype = counts.dtype if xp.isdtype(counts.dtype, "real floating") else _default_float(xp, counts)
     c = xp.astype(counts, dtype)
     total = xp.sum(c, axis=1, keepdims=True)

@@ -2,8 +2,9 @@
 
 A module here is named after the array library it serves (``numpy``,
 ``cupy``, ``torch``, ``jax``) and is imported only when arrays of that library
-reach :mod:`ace_core`. It may define ``forward_logits`` and/or
-``backward_logits`` with the signatures of :mod:`ace_core._kernel`; any
-function it leaves out falls back to the generic array-API kernel, which stays
-the readable reference that every fast path is tested against.
+reach :mod:`ace_core`. It defines any of the five functions of the kernel
+contract (:class:`ace_core._contract.KernelFunctions`), and with a half from
+logits also ``forward_backward_logits``; any function it leaves out falls back
+to the generic array-API kernel, which stays the readable reference that every
+fast path is tested against. ``_common`` holds what the fast paths share.
 """

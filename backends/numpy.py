@@ -41,14 +41,15 @@ from functools import cache
 from typing import Any
 
 import numpy as np
+from array_api_compat import numpy as np_compat
 
 from ace_core import _kernel
+from ace_core._contract import ACEResiduals
+
+from ._common import DENSE_MAX_CLASSES, mass_floor, on_valid_steps, per_mass_weights, pull_weights
 
 __all__ = ["forward_logits", "backward_logits", "forward_backward_logits", "num_threads"]
 
-#: At or below this many classes the backward works on all classes at once;
-#: above it, on the few present classes of each sample.
-DENSE_MAX_CLASSES = 256
 #: Elements per block (8 MiB of float32; measured best of 2-32 MiB here): big enough that per-call overhead
 #: is small, small enough to stay in a shared L3 cache.
 BLOCK_ELEMENTS = 1 << 21
@@ -100,15 +101,10 @@ def _scratch_buffer(shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
 
 
 def _floors(dtype: np.dtype, steps: int) -> tuple[float, float]:
-    """``(row, mass)``: below these a row sum or a class mass may have lost accuracy to underflow.
-
-    With row sums ≥ ``row``, an element that underflows (``e < tiny``) has
-    ``y < tiny / row``; a mass of at least ``mass`` loses under ``eps`` relative
-    to ``steps`` such elements.
-    """
+    """``(row, mass)``: below these a row sum or a class mass may have lost accuracy to underflow."""
     info = np.finfo(dtype)
     row = float(info.tiny) ** 0.25
-    return row, steps * float(info.tiny) / (row * float(info.eps))
+    return row, mass_floor(info, steps, row)
 
 
 class _Block:
@@ -157,57 +153,104 @@ def _rows_exact(rowsum: np.ndarray, row_floor: float) -> bool:
     return bool(np.all((rowsum >= row_floor) & (rowsum <= 1 / row_floor)))
 
 
-def _log_norm(shift: np.ndarray, rowsum: np.ndarray) -> np.ndarray:
-    """``log Σ_k exp(a)`` ``(nb, T)`` in float64: it is subtracted from logits in log space."""
-    return shift + np.log(rowsum.astype(np.float64))
+def _step_statistics(
+    shift: np.ndarray, rowsum: np.ndarray, per_row_shift: bool, dtype: np.dtype
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(step_max, step_log_sum)`` in ``dtype``: the log-normalizer in two parts, as in the generic kernel.
 
-
-def _split_log_norm(log_norm: np.ndarray, dtype: np.dtype) -> tuple[np.ndarray, np.ndarray]:
-    """``(step_max, step_log_sum)`` with an integer ``step_max`` near ``log_norm``.
-
-    ``a - step_max`` is then exact for the dominant class and ``step_log_sum``
-    is small, as with the max shift of the generic kernel, so a backward that
-    recomputes ``y`` from these residuals is as accurate as the generic one.
+    With the per-row max as the shift they are that max and ``log rowsum`` (in
+    ``[0, log C]``), which keeps ``a - step_max`` exact for any size of logits.
+    With the shift 0 (rows within ``[tiny**0.25, tiny**-0.25]``, so a moderate
+    ``log rowsum``) ``log rowsum`` is split into a whole number and a small rest,
+    so that a backward recomputing ``y`` from the dtype's residuals is as
+    accurate as with the max shift.
     """
-    whole = np.where(np.isfinite(log_norm), np.rint(log_norm), log_norm)
-    rest = np.where(np.isfinite(log_norm), log_norm - whole, 0.0)
-    return whole.astype(dtype), rest.astype(dtype)
+    log_sum = np.log(rowsum.astype(np.float64))
+    if per_row_shift:
+        return shift.astype(dtype), log_sum.astype(dtype)
+    return _split_log(log_sum, dtype)
 
 
-def _log_mass(blk: _Block, e: np.ndarray, rowsum: np.ndarray, log_norm: np.ndarray, mass_floor: float):
-    """``log Σ_t y`` ``(nb, C)`` in float64 with ``y = e / rowsum``; tiny masses are recomputed in log space.
+def _split_log(log_value: np.ndarray, dtype: np.dtype) -> tuple[np.ndarray, np.ndarray]:
+    """``(whole, rest)`` in ``dtype``: a whole number near a moderate float64 log and the small rest."""
+    whole = np.where(np.isfinite(log_value), np.rint(log_value), log_value).astype(dtype)
+    # The rest is taken from the rounded whole: their float64 sum is log_value to the dtype's precision.
+    rest = np.where(np.isfinite(log_value), log_value - whole, 0.0)
+    return whole, rest.astype(dtype)
 
-    float64, like ``log_norm``: the log-space backward subtracts both from the
-    logits, and a float32 rounding of a large ``|log_mass|`` would show in ``r``.
+
+def _log_y(
+    blk: _Block, sample: int, columns: Any, norm: tuple[np.ndarray, np.ndarray], in_dtype: bool = False
+) -> np.ndarray:
+    """``log y = (a - step_max) - step_log_sum`` ``(T, len(columns))`` of one sample, as float64.
+
+    ``norm`` holds the two step residuals in the compute dtype. With
+    ``in_dtype`` the two subtractions round to that dtype, exactly as the
+    generic kernel forms ``log y``: a log-mass taken as the max of these values
+    is then a number of the dtype, and every backward that rounds the same way
+    gets ``log r <= 0`` for it (see :func:`_mass`).
+    """
+    shift, log_sum = norm
+    a = blk.a[sample][:, columns]
+    if in_dtype:
+        return ((a - shift[sample][:, None]) - log_sum[sample][:, None]).astype(np.float64)
+    a = a.astype(np.float64)
+    return (a - shift[sample][:, None].astype(np.float64)) - log_sum[sample][:, None].astype(np.float64)
+
+
+def _mass(blk: _Block, e: np.ndarray, rowsum: np.ndarray, norm: tuple[np.ndarray, np.ndarray], floor: float):
+    """``(mass_max, mass_log_sum)`` ``(nb, C)`` in the compute dtype, with ``y = e / rowsum``.
+
+    In probability space the log-mass is split into a whole number and a small
+    rest (:func:`_split_log`), so that the dtype keeps it to an absolute, not a
+    relative, rounding error. A class whose mass is under ``floor`` (where
+    underflowed terms could matter) is recomputed in log space as the generic
+    kernel does: ``mass_max`` the max over steps of ``log y`` rounded as in the
+    dtype (:func:`_log_y`), ``mass_log_sum`` the log-sum relative to it, so that
+    tied steps share ``r`` exactly at any magnitude. A backward tells the two
+    kinds apart by the same floor.
     """
     mass = np.einsum("bt,btc->bc", 1 / rowsum, e)
-    log_mass = np.log(mass.astype(np.float64))
-    tiny = mass < mass_floor
+    mass_max, mass_log_sum = _split_log(np.log(mass.astype(np.float64)), e.dtype)
+    tiny = mass < floor
     if tiny.any():
         for sample, column in zip(*np.nonzero(tiny), strict=True):
-            log_y = blk.a[sample, :, column] - log_norm[sample]
+            log_y = _log_y(blk, sample, [column], norm, in_dtype=True)[:, 0]
             if blk.valid is not None:
                 log_y = np.where(blk.valid[sample], log_y, -np.inf)
             peak = np.max(log_y)
             if np.isfinite(peak):
-                log_mass[sample, column] = peak + np.log(np.sum(np.exp(log_y - peak)))
-    return log_mass
+                mass_max[sample, column] = peak
+                mass_log_sum[sample, column] = np.log(np.sum(np.exp(log_y - peak)))
+            else:  # below the dtype's range: a backward recomputes it (see _kernel.backward_logits)
+                mass_max[sample, column], mass_log_sum[sample, column] = -np.inf, 0
+    return mass_max, mass_log_sum
 
 
-def _forward_block(blk: _Block, e: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``exp`` into ``e``; returns ``(rowsum, log_norm (float64), log_mass)`` with ``y = e / rowsum``."""
+def _forward_block(blk: _Block, e: np.ndarray, dtype: np.dtype):
+    """``exp`` into ``e``; returns ``(rowsum, step_max, step_log_sum, mass_max, mass_log_sum)``.
+
+    ``y = e / rowsum``; the four statistics are in ``dtype``.
+    """
     row_floor, mass_floor = _floors(e.dtype, e.shape[1])
-    shift, rowsum = _exp_into(blk, e, per_row_shift=False)
+    per_row_shift = False
+    shift, rowsum = _exp_into(blk, e, per_row_shift)
     if not _rows_exact(rowsum, row_floor):
-        shift, rowsum = _exp_into(blk, e, per_row_shift=True)
-    log_norm = _log_norm(shift, rowsum)
-    return rowsum, log_norm, _log_mass(blk, e, rowsum, log_norm, mass_floor)
+        per_row_shift = True
+        shift, rowsum = _exp_into(blk, e, per_row_shift)
+    step_max, step_log_sum = _step_statistics(shift, rowsum, per_row_shift, dtype)
+    mass_max, mass_log_sum = _mass(blk, e, rowsum, (step_max, step_log_sum), mass_floor)
+    return rowsum, step_max, step_log_sum, mass_max, mass_log_sum
 
 
-def _pull_weights(counts: np.ndarray, lengths: np.ndarray, grad_out: np.ndarray) -> np.ndarray:
-    """``g_b N̄_bk`` ``(nb, C)``."""
-    safe = np.where(lengths > 0, lengths, 1)
-    return counts * (grad_out / safe)[:, None]
+class _Pull:
+    """The per-sample factors of the pull term of one block: ``g``, ``N``, ``T_b`` and ``g N̄``."""
+
+    def __init__(self, grad_out: np.ndarray, counts: np.ndarray, lengths: np.ndarray, block: slice):
+        self.grad_out = np.asarray(grad_out[block], dtype=np.float64)
+        self.counts = np.asarray(counts[block], dtype=np.float64)
+        self.lengths = np.asarray(lengths[block], dtype=np.float64)
+        self.weights = pull_weights(np, self.counts, self.lengths, self.grad_out)
 
 
 def _backward_dense(e: np.ndarray, scale: np.ndarray, weights: np.ndarray, log_mass: np.ndarray) -> None:
@@ -217,8 +260,7 @@ def _backward_dense(e: np.ndarray, scale: np.ndarray, weights: np.ndarray, log_m
     batched matrix product, where broadcasting (T, 1) against (1, C) would pay
     NumPy's loop overhead on every short row.
     """
-    present = weights != 0
-    per_mass = np.where(present, weights * np.exp(-np.where(present, log_mass, 0)), 0).astype(e.dtype)
+    per_mass = per_mass_weights(np, weights, log_mass).astype(e.dtype)
     rho = scale.astype(e.dtype)
     total = np.einsum("btc,bc->bt", e, per_mass)
     left = np.stack([rho * (rho * total), -rho], axis=2)  # (nb, T, 2); ρ·total = Σ_k y W is O(1)
@@ -234,18 +276,33 @@ def _backward_dense(e: np.ndarray, scale: np.ndarray, weights: np.ndarray, log_m
 
 
 def _backward_sparse(
-    blk: _Block, e: np.ndarray, scale: np.ndarray, weights: np.ndarray, log_norm: np.ndarray, log_mass
+    blk: _Block,
+    e: np.ndarray,
+    scale: np.ndarray,
+    weights: np.ndarray,
+    norm: tuple[np.ndarray, np.ndarray],
+    mass_max: np.ndarray,
+    mass_log_sum: np.ndarray,
+    log_floor: float,
 ) -> None:
-    """``grad = y (g s) - g N̄ r`` into ``e`` (``y = e · scale``), ``r`` only on the present classes."""
+    """``grad = y (g s) - g N̄ r`` into ``e`` (``y = e · scale``), ``r`` only on the present classes.
+
+    ``log r = (log y - mass_max) - mass_log_sum`` in float64, clipped at 0
+    (``log y`` rounded as in the dtype for the classes of a log-space mass, see :func:`_mass`):
+    exact for tied steps at any magnitude, and never above 1.
+    """
+    log_mass = mass_max + mass_log_sum
     for sample in range(e.shape[0]):
         present = np.flatnonzero(weights[sample])
         if present.size == 0:
             e[sample] = 0
             continue
-        log_r = blk.a[sample][:, present] - log_norm[sample][:, None] - log_mass[sample, present]
-        # r = y / Σ_t y lies in [0, 1]; the clip removes a rounding excess that would
-        # push |grad| past its bound of 1.
-        r = np.minimum(np.exp(log_r), 1)
+        log_y = _log_y(blk, sample, present, norm)
+        tiny = log_mass[sample, present] < log_floor
+        if tiny.any():  # log-space masses: log y rounded as the forward rounded it
+            log_y[:, tiny] = _log_y(blk, sample, present[tiny], norm, in_dtype=True)
+        log_r = (log_y - mass_max[sample, present]) - mass_log_sum[sample, present]
+        r = np.exp(np.minimum(log_r, 0))
         if blk.valid is not None:
             r = np.where(blk.valid[sample][:, None], r, 0)
         pull = r * weights[sample, present]
@@ -258,42 +315,57 @@ def _backward_block(
     blk: _Block,
     e: np.ndarray,
     scale: np.ndarray,
-    weights: np.ndarray,
-    log_norm: np.ndarray,
-    log_mass: np.ndarray,
+    pull: _Pull,
+    norm: tuple[np.ndarray, np.ndarray],
+    mass_max: np.ndarray,
+    mass_log_sum: np.ndarray,
 ) -> None:
-    """The gradient into ``e``, where ``y = e · scale`` (``scale`` ``(nb, T)``)."""
-    _, mass_floor = _floors(e.dtype, e.shape[1])
-    if blk.valid is not None:
-        # ρ = 0 at masked steps: their gradient is then +0 (0 · a negative factor would be -0).
-        scale = np.where(blk.valid, scale, 0)
-    tiny_present = np.any((weights != 0) & (log_mass < math.log(mass_floor)))
-    if e.shape[2] > DENSE_MAX_CLASSES or tiny_present:
+    """The gradient into ``e``, where ``y = e · scale`` (``scale`` ``(nb, T)``); statistics in float64."""
+    _, floor = _floors(e.dtype, e.shape[1])
+    log_mass = mass_max + mass_log_sum
+    weights = pull.weights
+    present = weights != 0
+    if np.any(present & (mass_max == -np.inf)):
+        # A present class whose log y all lie below float64's range: only the generic
+        # kernel's halved log y keeps how they compare (rare: |logits| near the largest float).
+        _backward_generic(blk, e, pull, norm, mass_max, mass_log_sum)
+        return
+    scale = on_valid_steps(np, scale, blk.valid)
+    if e.shape[2] > DENSE_MAX_CLASSES or np.any(present & (log_mass < math.log(floor))):
         # Log space on the present classes: exact also where y / mass would not be.
-        _backward_sparse(blk, e, scale, weights, log_norm, log_mass)
+        _backward_sparse(blk, e, scale, weights, norm, mass_max, mass_log_sum, math.log(floor))
     else:
         _backward_dense(e, scale, weights, log_mass)
 
 
-def forward_logits(
-    xp: Any, scores: np.ndarray, valid: np.ndarray | None, dtype: np.dtype
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The forward of :func:`ace_core._kernel.forward_logits`; ``step_max`` may be another shift."""
+def _backward_generic(blk: _Block, e: np.ndarray, pull: _Pull, norm, mass_max, mass_log_sum) -> None:
+    """The generic kernel's gradient of the block into ``e``, in the compute dtype (its ``log y``)."""
+    dtype = e.dtype
+    statistics = (*norm, mass_max.astype(dtype), mass_log_sum.astype(dtype))
+    lengths, counts, grad_out = (x.astype(dtype) for x in (pull.lengths, pull.counts, pull.grad_out))
+    residuals = _kernel.kernel_residuals(np_compat, statistics, blk.valid, lengths)
+    np.copyto(e, _kernel.backward_logits(np_compat, grad_out, blk.a, counts, residuals, dtype))
+
+
+def forward_logits(xp: Any, scores: np.ndarray, valid: np.ndarray | None, dtype: np.dtype):
+    """The forward of :func:`ace_core._kernel.forward_logits`; the shifts may differ from the maxima."""
     batch, steps, classes = scores.shape
     dtype = np.dtype(dtype)
     step_max = np.empty((batch, steps), dtype=dtype)
     step_log_sum = np.empty((batch, steps), dtype=dtype)
-    log_mass = np.empty((batch, classes), dtype=dtype)
+    mass_max = np.empty((batch, classes), dtype=dtype)
+    mass_log_sum = np.empty((batch, classes), dtype=dtype)
 
     def work(block: slice) -> None:
         blk = _Block(scores, valid, block, dtype)
         e = _scratch_buffer(blk.a.shape, dtype)
         with np.errstate(all="ignore"):
-            _, log_norm, log_mass[block] = _forward_block(blk, e)
-            step_max[block], step_log_sum[block] = _split_log_norm(log_norm, dtype)
+            _, step_max[block], step_log_sum[block], mass_max[block], mass_log_sum[block] = _forward_block(
+                blk, e, dtype
+            )
 
     _run_blocks(batch, steps * classes, work)
-    return step_max, step_log_sum, log_mass
+    return step_max, step_log_sum, mass_max, mass_log_sum
 
 
 def backward_logits(
@@ -301,31 +373,34 @@ def backward_logits(
     grad_out: np.ndarray,
     scores: np.ndarray,
     counts: np.ndarray,
-    valid: np.ndarray | None,
-    lengths: np.ndarray,
-    step_max: np.ndarray,
-    step_log_sum: np.ndarray,
-    log_mass: np.ndarray,
+    residuals: ACEResiduals,
     dtype: np.dtype,
 ) -> np.ndarray:
     """The backward of :func:`ace_core._kernel.backward_logits`: the softmax recomputed, one ``exp``."""
     batch, steps, classes = scores.shape
     dtype = np.dtype(dtype)
+    res = residuals
     grad = np.empty((batch, steps, classes), dtype=dtype)
-    weights = _pull_weights(counts, lengths, grad_out)
 
     def work(block: slice) -> None:
-        blk = _Block(scores, valid, block, dtype)
+        blk = _Block(scores, res.valid, block, dtype)
         e = grad[block]
-        shift = step_max[block]
+        shift = res.step_max[block]
         with np.errstate(all="ignore"):
             np.subtract(blk.a, shift[:, :, None], out=e)
             np.exp(e, out=e)
             if blk.invalid3 is not None:
                 np.copyto(e, 0, where=blk.invalid3)
-            log_sum = step_log_sum[block].astype(np.float64)
-            log_norm = shift + log_sum
-            _backward_block(blk, e, np.exp(-log_sum), weights[block], log_norm, log_mass[block])
+            log_sum = res.step_log_sum[block].astype(np.float64)
+            _backward_block(
+                blk,
+                e,
+                np.exp(-log_sum),
+                _Pull(grad_out, counts, res.lengths, block),
+                (shift.astype(dtype, copy=False), res.step_log_sum[block].astype(dtype, copy=False)),
+                res.mass_max[block].astype(np.float64),
+                res.mass_log_sum[block].astype(np.float64),
+            )
 
     _run_blocks(batch, steps * classes, work)
     return grad
@@ -339,27 +414,40 @@ def forward_backward_logits(
     valid: np.ndarray | None,
     lengths: np.ndarray,
     dtype: np.dtype,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Forward and backward in one sweep: ``exp(a)`` lives in the gradient's buffer between the halves."""
+    *,
+    out: np.ndarray | None = None,
+):
+    """Forward and backward in one sweep: ``exp(a)`` lives in the gradient's buffer between the halves.
+
+    ``out`` (C-contiguous, ``(B, T, C)`` of ``dtype``, not overlapping ``scores``)
+    receives the gradient: a buffer reused across calls saves the page faults of a fresh one.
+    """
     batch, steps, classes = scores.shape
     dtype = np.dtype(dtype)
-    grad = np.empty((batch, steps, classes), dtype=dtype)
+    grad = np.empty((batch, steps, classes), dtype=dtype) if out is None else out
     step_max = np.empty((batch, steps), dtype=dtype)
     step_log_sum = np.empty((batch, steps), dtype=dtype)
-    log_mass = np.empty((batch, classes), dtype=dtype)
-    weights = _pull_weights(counts, lengths, grad_out)
+    mass_max = np.empty((batch, classes), dtype=dtype)
+    mass_log_sum = np.empty((batch, classes), dtype=dtype)
 
     def work(block: slice) -> None:
         blk = _Block(scores, valid, block, dtype)
         e = grad[block]
         with np.errstate(all="ignore"):
-            rowsum, log_norm, block_log_mass = _forward_block(blk, e)
-            step_max[block], step_log_sum[block] = _split_log_norm(log_norm, dtype)
-            log_mass[block] = block_log_mass
-            _backward_block(blk, e, 1 / rowsum.astype(np.float64), weights[block], log_norm, block_log_mass)
+            rowsum, *statistics = _forward_block(blk, e, dtype)
+            step_max[block], step_log_sum[block], mass_max[block], mass_log_sum[block] = statistics
+            _backward_block(
+                blk,
+                e,
+                1 / rowsum.astype(np.float64),
+                _Pull(grad_out, counts, lengths, block),
+                (statistics[0], statistics[1]),
+                statistics[2].astype(np.float64),
+                statistics[3].astype(np.float64),
+            )
 
     _run_blocks(batch, steps * classes, work)
-    return step_max, step_log_sum, log_mass, grad
+    return step_max, step_log_sum, mass_max, mass_log_sum, grad
 
 
 # The probability-input halves are already one pass each in the generic kernel.

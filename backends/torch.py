@@ -1,7 +1,11 @@
-"""torch fast path: native ops on whole tensors, no autograd graph, no ``(B, T, C)`` residuals.
+"""torch fast path: no autograd graph, no ``(B, T, C)`` residuals.
 
-The plan is the NumPy fast path's (:mod:`ace_core.backends.numpy`), with
-torch's own vectorised, multi-threaded ops in place of blocks on a thread pool:
+CPU tensors of float16, float32 and float64 run the NumPy fast path
+(:mod:`ace_core.backends.numpy`) on zero-copy views (``Tensor.numpy()`` in,
+``torch.from_numpy`` out; ``out=`` is written in place): it was measured faster
+than torch's own ops at every number of classes tried. The rest (bfloat16, CUDA
+without CuPy) follows the same plan with torch's own vectorised ops on whole
+tensors:
 
 * forward: ``e = exp(a - max)`` once, its row sums give the log-normalizer
   and ``y = e / rowsum``; ``Σ_t y`` is one batched matrix-vector product;
@@ -32,6 +36,9 @@ from typing import Any
 import torch
 
 from ace_core import _kernel
+from ace_core._contract import ACEResiduals
+
+from ._common import DENSE_MAX_CLASSES, mass_floor, on_valid_steps, per_mass_weights, pull_weights
 
 __all__ = ["forward_logits", "backward_logits", "forward_backward_logits"]
 
@@ -56,12 +63,14 @@ def _use_cupy(scores: torch.Tensor) -> bool:
     return scores.is_cuda and scores.dtype in _CUPY_DTYPES and _cupy_backend() is not None
 
 
-def _call_cupy(function_name: str, args: tuple[Any, ...], dtype: torch.dtype) -> Any:
+def _call_cupy(function_name: str, args: tuple[Any, ...], dtype: torch.dtype, out: Any = None) -> Any:
     """Run a CuPy kernel on torch tensors (zero-copy, DLPack) on torch's current stream.
 
-    ``args`` are the kernel function's arguments after ``xp``; the scores are
-    the tensor with three dimensions. CuPy has no bfloat16, so bfloat16 scores
-    travel as their bit patterns and the gradient comes back the same way.
+    ``args`` are the kernel function's arguments after ``xp`` (residuals as an
+    :class:`ACEResiduals` of tensors); the scores are the tensor with three
+    dimensions. CuPy has no bfloat16, so bfloat16 scores travel as their bit
+    patterns and the gradient comes back the same way. ``out`` is passed on as
+    a view of the same memory and returned as the gradient.
     """
     import cupy
 
@@ -70,6 +79,8 @@ def _call_cupy(function_name: str, args: tuple[Any, ...], dtype: torch.dtype) ->
     bits = scores.dtype == torch.bfloat16
 
     def to_cupy(value: Any) -> Any:
+        if isinstance(value, ACEResiduals):
+            return value._make(map(to_cupy, value))
         if not isinstance(value, torch.Tensor):
             return value
         value = value.contiguous()
@@ -81,20 +92,69 @@ def _call_cupy(function_name: str, args: tuple[Any, ...], dtype: torch.dtype) ->
 
     compute = cupy.dtype(str(dtype).removeprefix("torch."))
     device = scores.device
+    keywords = {"bfloat16_bits": bits}
+    if out is not None:
+        keywords["out"] = to_cupy(out)
     with (
         cupy.cuda.Device(device.index),
         kernels.on_torch_stream(torch.cuda.current_stream(device).cuda_stream),
     ):
-        results = getattr(kernels, function_name)(
-            cupy_namespace, *map(to_cupy, args), compute, bfloat16_bits=bits
-        )
-    return tuple(map(to_torch, results)) if isinstance(results, tuple) else to_torch(results)
+        results = getattr(kernels, function_name)(cupy_namespace, *map(to_cupy, args), compute, **keywords)
+    if not isinstance(results, tuple):
+        return to_torch(results)
+    results = tuple(map(to_torch, results))
+    return results if out is None else (*results[:-1], out)
 
 
-def _mass_floor(dtype: torch.dtype, steps: int) -> float:
-    """Below this ``Σ_t y``, terms of ``y`` that underflowed could change the mass by more than ``eps``."""
-    info = torch.finfo(dtype)
-    return steps * info.tiny / info.eps
+#: CPU tensors of these dtypes run the NumPy fast path on zero-copy views: measured with
+#: ``ace bench`` on a 2-core machine it was faster than torch's own ops at every C tried
+#: (37 to 7357), within 1.1x of NumPy itself at C = 7357.
+_NUMPY_DTYPES = (torch.float16, torch.float32, torch.float64)
+
+
+def _use_numpy(scores: torch.Tensor) -> bool:
+    return scores.device.type == "cpu" and scores.dtype in _NUMPY_DTYPES
+
+
+def _call_numpy(function_name: str, args: tuple[Any, ...], dtype: torch.dtype, out: Any = None) -> Any:
+    """Run the NumPy fast path on zero-copy NumPy views of CPU tensors; its arrays come back as tensors.
+
+    ``Tensor.numpy()`` and ``torch.from_numpy`` share the memory, so nothing is
+    copied either way: ``out`` is written in place, and a fresh gradient is the
+    buffer NumPy allocated.
+    """
+    from array_api_compat import numpy as numpy_namespace
+
+    from ace_core.backends import numpy as kernels
+
+    def to_numpy(value: Any) -> Any:
+        if isinstance(value, ACEResiduals):
+            return value._make(map(to_numpy, value))
+        return value.detach().numpy() if isinstance(value, torch.Tensor) else value
+
+    compute = torch.empty((), dtype=dtype).numpy().dtype
+    keywords = {} if out is None else {"out": to_numpy(out)}
+    results = getattr(kernels, function_name)(numpy_namespace, *map(to_numpy, args), compute, **keywords)
+    if not isinstance(results, tuple):
+        return torch.from_numpy(results)
+    results = tuple(map(torch.from_numpy, results))
+    return results if out is None else (*results[:-1], out)
+
+
+def _split_log(log_value: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(whole, rest)`` in ``dtype`` from a float64 log: a whole number and the small rest.
+
+    Their float64 sum is ``log_value`` to the dtype's precision in absolute terms,
+    where a one-part float32 log would carry a relative error (large at a large log).
+    """
+    finite = torch.isfinite(log_value)
+    whole = torch.where(finite, torch.round(log_value), log_value).to(dtype)
+    rest = torch.where(finite, log_value - whole.double(), 0).to(dtype)
+    return whole, rest
+
+
+def _widened_sum(whole: torch.Tensor, rest: torch.Tensor) -> torch.Tensor:
+    return whole.double() + rest.double()
 
 
 def _exp_shifted(
@@ -117,25 +177,36 @@ def _exp_shifted(
 
 
 def _forward(a: torch.Tensor, valid: torch.Tensor | None, e: torch.Tensor):
-    """``exp`` into ``e``; returns ``(step_max, step_log_sum, rowsum, log_mass)``."""
+    """``exp`` into ``e``; returns ``(step_max, step_log_sum, mass_max, mass_log_sum, rowsum)``.
+
+    The mass ``Σ_t y`` is taken in probability space and split like a log
+    (:func:`_split_log`); a class whose mass is so small that underflowed terms
+    of ``y`` could matter is redone in log space as the generic kernel does: the
+    max over steps of ``log y`` (rounded as in the dtype) and the log-sum
+    relative to it, so that tied steps share ``r`` exactly (a backward with such
+    a class present takes the generic kernel).
+    """
+    dtype = e.dtype
     step_max, rowsum = _exp_shifted(a, valid, e)
     step_log_sum = torch.log(rowsum)
     mass = torch.bmm((1 / rowsum)[:, None, :], e)[:, 0, :]
-    log_mass = torch.log(mass)
-    tiny = mass < _mass_floor(e.dtype, e.shape[1])
+    mass_max, mass_log_sum = _split_log(torch.log(mass.double()), dtype)
+    tiny = mass < mass_floor(torch.finfo(dtype), e.shape[1])
     if bool(torch.any(tiny)):
-        # Terms of y that underflowed could matter here: redo these classes in log space.
         sample, column = torch.nonzero(tiny, as_tuple=True)
-        log_y = a[sample, :, column] - (step_max + step_log_sum)[sample]
+        # log y rounded as the generic kernel rounds it, (a - step_max) - step_log_sum in
+        # the dtype: its max is then a number of the dtype, and tied steps share r exactly.
+        log_y = (a[sample, :, column] - step_max[sample]) - step_log_sum[sample]
         if valid is not None:
             log_y = log_y.masked_fill(~valid[sample], -math.inf)
-        log_mass = log_mass.index_put((sample, column), torch.logsumexp(log_y, dim=1))
-    return step_max, step_log_sum, rowsum, log_mass
-
-
-#: Above this many classes the backward gathers the few present classes instead of
-#: building the rank-2 factor over all of them (a second (B, T, C) tensor).
-DENSE_MAX_CLASSES = 256
+        rounded = torch.amax(log_y, dim=1)
+        finite = torch.isfinite(rounded)
+        gap = log_y.double() - torch.where(finite, rounded.double(), 0)[:, None]
+        log_sum = torch.where(finite, torch.log(torch.exp(gap).sum(dim=1)), 0).to(dtype)
+        rounded = torch.where(finite, rounded, -math.inf)
+        mass_max = mass_max.index_put((sample, column), rounded)
+        mass_log_sum = mass_log_sum.index_put((sample, column), log_sum)
+    return step_max, step_log_sum, mass_max, mass_log_sum, rowsum
 
 
 def _backward_into(
@@ -144,15 +215,17 @@ def _backward_into(
     grad_out: torch.Tensor,
     counts: torch.Tensor,
     lengths: torch.Tensor,
-    log_mass,
+    mass_max: torch.Tensor,
+    mass_log_sum: torch.Tensor,
 ) -> None:
-    """``grad = y ⊙ (S 1ᵀ - W)`` into ``e`` with ``y = e ρ``: ``e ⊙ (u 1ᵀ - ρ Wᵀ)``, ``u = ρ² (e W)``."""
-    safe = torch.where(lengths > 0, lengths, 1)
-    present = counts != 0
-    weights = counts * (grad_out / safe)[:, None]
-    per_mass = torch.where(present, weights * torch.exp(-torch.where(present, log_mass, 0)), 0)
+    """``grad = y ⊙ (S 1ᵀ - W)`` into ``e`` with ``y = e ρ``: ``e ⊙ (u 1ᵀ - ρ Wᵀ)``, ``u = ρ² (e W)``.
+
+    ``W = g N̄ / Σ_t y`` is formed in float64 from the two-part log-mass.
+    """
+    weights = pull_weights(torch, counts.double(), lengths.double(), grad_out.double())
+    per_mass = per_mass_weights(torch, weights, _widened_sum(mass_max, mass_log_sum)).to(e.dtype)
     if e.shape[2] > DENSE_MAX_CLASSES:
-        _backward_sparse(e, rho, present, per_mass)
+        _backward_sparse(e, rho, counts != 0, per_mass, weights.to(e.dtype))
         return
     total = torch.bmm(e, per_mass[:, :, None])[:, :, 0]
     left = torch.stack([rho * (rho * total), -rho], dim=2)
@@ -161,26 +234,24 @@ def _backward_into(
 
 
 def _backward_sparse(
-    e: torch.Tensor, rho: torch.Tensor, present: torch.Tensor, per_mass: torch.Tensor
+    e: torch.Tensor, rho: torch.Tensor, present: torch.Tensor, per_mass: torch.Tensor, weights: torch.Tensor
 ) -> None:
-    """The same on the present classes only: ``e ← e u``, then ``e[:, :, P] -= e_P ρ W_P``.
+    """The same on the present classes only: ``e ← e u``, then ``e[:, :, P] -= g N̄_P r_P``.
 
     ``P`` is each sample's present classes, padded to the largest count with
-    entries of weight 0 (so the padding adds nothing).
+    entries of weight 0 (so the padding adds nothing); ``r = y / Σ_t y`` is
+    clipped at 1, which only rounding could pass.
     """
     width = max(1, int(present.sum(dim=1).max()))  # a host sync on (B,) values
     order = torch.argsort((~present).to(torch.int8), dim=1, stable=True)[:, :width]
-    weight = torch.gather(per_mass, 1, order) * torch.gather(present, 1, order)
+    keep = torch.gather(present, 1, order)
+    weight = torch.gather(weights, 1, order) * keep
+    inverse_mass = torch.gather(torch.where(weights != 0, per_mass / weights, 0), 1, order) * keep
     index = order[:, None, :].expand(e.shape[0], e.shape[1], width)
-    e_present = torch.gather(e, 2, index)
-    pull = e_present * (rho[:, :, None] * weight[:, None, :])
+    r = torch.gather(e, 2, index) * (rho[:, :, None] * inverse_mass[:, None, :])
+    pull = r.clamp_(max=1) * weight[:, None, :]
     e.mul_((rho * (pull.sum(dim=2)))[:, :, None])
     e.scatter_add_(2, index, -pull)
-
-
-def _on_valid(rho: torch.Tensor, valid: torch.Tensor | None) -> torch.Tensor:
-    """ρ = 0 at masked steps, so that their gradient is +0 (0 · a negative factor would be -0)."""
-    return rho if valid is None else torch.where(valid, rho, 0)
 
 
 def _tracks_grad(scores: torch.Tensor) -> bool:
@@ -188,23 +259,30 @@ def _tracks_grad(scores: torch.Tensor) -> bool:
     return scores.requires_grad and torch.is_grad_enabled()
 
 
-def _generic_tail(name: str, *args: Any) -> Any:
+def _generic(name: str, *args: Any, **kwargs: Any) -> Any:
     from array_api_compat import torch as torch_namespace
 
-    return getattr(_kernel, name)(torch_namespace, *args)
+    return getattr(_kernel, name)(torch_namespace, *args, **kwargs)
+
+
+def _inexact_pull(counts: torch.Tensor, mass_max: torch.Tensor, mass_log_sum: torch.Tensor, steps: int):
+    """Whether a present class's mass is too small for ``y / mass`` in probability space (a host sync)."""
+    floor = math.log(mass_floor(torch.finfo(mass_max.dtype), steps))
+    return bool(torch.any((counts != 0) & ((mass_max + mass_log_sum) < floor)))
 
 
 def forward_logits(xp: Any, scores: torch.Tensor, valid: torch.Tensor | None, dtype: torch.dtype):
     """The forward of :func:`ace_core._kernel.forward_logits` in native torch ops."""
     if _tracks_grad(scores):
-        return _generic_tail("forward_logits", scores, valid, dtype)
+        return _generic("forward_logits", scores, valid, dtype)
     if _use_cupy(scores):
         return _call_cupy("forward_logits", (scores, valid), dtype)
+    if _use_numpy(scores):
+        return _call_numpy("forward_logits", (scores, valid), dtype)
     with torch.no_grad():
         a = scores.to(dtype)
         e = torch.empty(a.shape, dtype=dtype, device=a.device)
-        step_max, step_log_sum, _, log_mass = _forward(a, valid, e)
-    return step_max, step_log_sum, log_mass
+        return _forward(a, valid, e)[:4]
 
 
 def backward_logits(
@@ -212,28 +290,26 @@ def backward_logits(
     grad_out: torch.Tensor,
     scores: torch.Tensor,
     counts: torch.Tensor,
-    valid: torch.Tensor | None,
-    lengths: torch.Tensor,
-    step_max: torch.Tensor,
-    step_log_sum: torch.Tensor,
-    log_mass: torch.Tensor,
+    residuals: ACEResiduals,
     dtype: torch.dtype,
 ) -> torch.Tensor:
     """The backward of :func:`ace_core._kernel.backward_logits`: the softmax recomputed, one ``exp``."""
-    args = (grad_out, scores, counts, valid, lengths, step_max, step_log_sum, log_mass)
+    res = residuals
     if _tracks_grad(scores) or grad_out.requires_grad:
-        return _generic_tail("backward_logits", *args, dtype)
+        return _generic("backward_logits", grad_out, scores, counts, res, dtype)
     if _use_cupy(scores):
-        return _call_cupy("backward_logits", args, dtype)
-    floor = math.log(_mass_floor(dtype, scores.shape[1]))
+        return _call_cupy("backward_logits", (grad_out, scores, counts, res), dtype)
+    if _use_numpy(scores):
+        return _call_numpy("backward_logits", (grad_out, scores, counts, res), dtype)
     with torch.no_grad():
-        if bool(torch.any((counts != 0) & (log_mass < floor))):
-            return _generic_tail("backward_logits", *args, dtype)
-        e = torch.sub(scores.to(dtype), step_max[:, :, None])
+        if _inexact_pull(counts, res.mass_max, res.mass_log_sum, scores.shape[1]):
+            return _generic("backward_logits", grad_out, scores, counts, res, dtype)
+        e = torch.sub(scores.to(dtype), res.step_max[:, :, None])
         e.exp_()
-        if valid is not None:
-            e.masked_fill_(~valid[:, :, None], 0)
-        _backward_into(e, _on_valid(torch.exp(-step_log_sum), valid), grad_out, counts, lengths, log_mass)
+        if res.valid is not None:
+            e.masked_fill_(~res.valid[:, :, None], 0)
+        rho = on_valid_steps(torch, torch.exp(-res.step_log_sum), res.valid)
+        _backward_into(e, rho, grad_out, counts, res.lengths, res.mass_max, res.mass_log_sum)
     return e
 
 
@@ -245,18 +321,27 @@ def forward_backward_logits(
     valid: torch.Tensor | None,
     lengths: torch.Tensor,
     dtype: torch.dtype,
+    *,
+    out: torch.Tensor | None = None,
 ):
-    """Forward and backward in one sweep: ``e`` lives in the gradient's buffer between the halves."""
+    """Forward and backward in one sweep: ``e`` lives in the gradient's buffer between the halves.
+
+    ``out`` (contiguous, ``(B, T, C)`` of ``dtype``, not overlapping ``scores``) receives the gradient.
+    """
+    args = (grad_out, scores, counts, valid, lengths)
     if _tracks_grad(scores):
-        return _generic_tail("forward_backward_logits", grad_out, scores, counts, valid, lengths, dtype)
+        return _generic("forward_backward_logits", *args, dtype, out=out)
     if _use_cupy(scores):
-        return _call_cupy("forward_backward_logits", (grad_out, scores, counts, valid, lengths), dtype)
+        return _call_cupy("forward_backward_logits", args, dtype, out=out)
+    if _use_numpy(scores):
+        return _call_numpy("forward_backward_logits", args, dtype, out=out)
     with torch.no_grad():
         a = scores.to(dtype)
-        e = torch.empty(a.shape, dtype=dtype, device=a.device)
-        step_max, step_log_sum, rowsum, log_mass = _forward(a, valid, e)
-        if bool(torch.any((counts != 0) & (log_mass < math.log(_mass_floor(dtype, a.shape[1]))))):
+        e = torch.empty(a.shape, dtype=dtype, device=a.device) if out is None else out
+        step_max, step_log_sum, mass_max, mass_log_sum, rowsum = _forward(a, valid, e)
+        if _inexact_pull(counts, mass_max, mass_log_sum, a.shape[1]):
             # y / mass is inexact for such a class: the generic kernel's log space is not.
-            return _generic_tail("forward_backward_logits", grad_out, scores, counts, valid, lengths, dtype)
-        _backward_into(e, _on_valid(1 / rowsum, valid), grad_out, counts, lengths, log_mass)
-    return step_max, step_log_sum, log_mass, e
+            return _generic("forward_backward_logits", *args, dtype, out=out)
+        rho = on_valid_steps(torch, 1 / rowsum, valid)
+        _backward_into(e, rho, grad_out, counts, lengths, mass_max, mass_log_sum)
+    return step_max, step_log_sum, mass_max, mass_log_sum, e

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import sys
 import types
 
@@ -36,10 +37,13 @@ def test_fast_path_function_is_used_and_others_fall_back(fresh_dispatch, monkeyp
 
     fake = types.ModuleType("ace_core.backends.numpy")
     fake.forward_logits = forward_logits
+    fake.forward_backward_logits = _kernel.forward_backward_logits
     monkeypatch.setitem(sys.modules, "ace_core.backends.numpy", fake)
     kernel = _dispatch.kernel_for(np_compat)
+    assert kernel.library == "numpy"
     assert kernel.forward_logits is forward_logits
     assert kernel.backward_logits is _kernel.backward_logits
+    assert kernel.forward_probs is _kernel.forward_probs
 
     scores = np.zeros((2, 3, 4))
     counts = np.array([[3, 0, 0, 0], [1, 1, 1, 0]])
@@ -54,3 +58,33 @@ def test_fast_path_function_is_used_and_others_fall_back(fresh_dispatch, monkeyp
 def test_library_name(module, expected):
     xp = pytest.importorskip(module)
     assert _dispatch.library_name(xp) == expected
+
+
+def test_a_fast_half_without_the_fused_function_is_refused(fresh_dispatch, monkeypatch):
+    # ace_loss_and_grad would otherwise mix a fast forward with the generic backward unseen.
+    fake = types.ModuleType("ace_core.backends.numpy")
+    fake.backward_logits = _kernel.backward_logits
+    monkeypatch.setitem(sys.modules, "ace_core.backends.numpy", fake)
+    with pytest.raises(TypeError, match="forward_backward_logits"):
+        _dispatch.kernel_for(np_compat)
+
+
+def test_every_kernel_follows_the_contract():
+    # The Protocol documents the five functions; each module's own ones take its parameters.
+    import inspect
+
+    from ace_core._contract import KernelFunctions
+
+    modules = [_kernel]
+    for library in ("numpy", "torch", "jax"):
+        try:
+            modules.append(importlib.import_module(f"ace_core.backends.{library}"))
+        except ImportError:
+            continue
+    for name in _dispatch.KERNEL_FUNCTIONS:
+        wanted = list(inspect.signature(getattr(KernelFunctions, name)).parameters)[1:]
+        for module in modules:
+            if not hasattr(module, name):  # left to the generic kernel
+                continue
+            got = list(inspect.signature(getattr(module, name)).parameters)
+            assert got == wanted, (module.__name__, name)

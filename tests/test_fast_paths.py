@@ -20,15 +20,31 @@ from _helpers import assert_close
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ace_core import _kernel
+from ace_core import ACEResiduals, _kernel
 
 FAST_BACKENDS = ("numpy", "torch", "torch:cuda", "jax", "jax:gpu", "cupy")
+#: torch CPU tensors run the NumPy path on zero-copy views; "torch-ops" keeps them on torch's own ops.
+TORCH_OPS = "torch-ops"
 
 
-@pytest.fixture(params=backend_params(FAST_BACKENDS))
-def fast(request: pytest.FixtureRequest) -> tuple[Backend, ModuleType]:
-    backend = load_backend(request.param)
-    return backend, importlib.import_module(f"ace_core.backends.{backend.entry.library}")
+def fast_params(names: tuple[str, ...]) -> list[Any]:
+    params = backend_params(names)
+    if any(p.values[0] == "torch" for p in params):
+        params.append(pytest.param(TORCH_OPS, id=TORCH_OPS))
+    return params
+
+
+def load_fast(name: str, monkeypatch: pytest.MonkeyPatch) -> tuple[Backend, ModuleType]:
+    backend = load_backend("torch" if name == TORCH_OPS else name)
+    module = importlib.import_module(f"ace_core.backends.{backend.entry.library}")
+    if name == TORCH_OPS:
+        monkeypatch.setattr(module, "_use_numpy", lambda scores: False)
+    return backend, module
+
+
+@pytest.fixture(params=fast_params(FAST_BACKENDS))
+def fast(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> tuple[Backend, ModuleType]:
+    return load_fast(request.param, monkeypatch)
 
 
 def make_inputs(rng: np.random.Generator, batch: int, steps: int, classes: int, valid_kind: str, scale=3.0):
@@ -71,11 +87,17 @@ def on(backend: Backend, *arrays: Any, dtype: str = "float64") -> list[Any]:
 
 
 def compare_forward(backend: Backend, got, want, valid: np.ndarray | None, rtol: float, atol: float) -> None:
+    """The four statistics ``(step_max, step_log_sum, mass_max, mass_log_sum)``, compared as two sums."""
     got = [backend.to_numpy(x).astype(np.float64) for x in got]
     want = [backend.to_numpy(x).astype(np.float64) for x in want]
     rows = np.ones(got[0].shape, dtype=bool) if valid is None else valid
     assert_close((got[0] + got[1])[rows], (want[0] + want[1])[rows], rtol=rtol, atol=atol)
-    assert_close(got[2], want[2], rtol=rtol, atol=atol)
+    assert_close(got[2] + got[3], want[2] + want[3], rtol=rtol, atol=atol)
+
+
+def residuals_of(xp: Any, statistics, valid, lengths) -> ACEResiduals:
+    """The residuals a backward reads, from the four statistics of a forward."""
+    return _kernel.kernel_residuals(xp, tuple(statistics), valid, lengths)
 
 
 CASES = [
@@ -102,18 +124,18 @@ def test_fused_and_halves_agree_with_the_generic_kernel(fast, shape, valid_kind)
 
     want = _kernel.forward_backward_logits(xp, g, a, n, v, t, dtype)
     got = module.forward_backward_logits(xp, g, a, n, v, t, dtype)
-    compare_forward(backend, got[:3], want[:3], valid, rtol=1e-12, atol=1e-12)
-    assert_close(backend.to_numpy(got[3]), backend.to_numpy(want[3]), rtol=1e-11, atol=1e-14)
+    compare_forward(backend, got[:4], want[:4], valid, rtol=1e-12, atol=1e-12)
+    assert_close(backend.to_numpy(got[4]), backend.to_numpy(want[4]), rtol=1e-11, atol=1e-14)
 
-    residuals = module.forward_logits(xp, a, v, dtype)
-    compare_forward(backend, residuals, want[:3], valid, rtol=1e-12, atol=1e-12)
-    grad = module.backward_logits(xp, g, a, n, v, t, *residuals, dtype)
-    assert_close(backend.to_numpy(grad), backend.to_numpy(want[3]), rtol=1e-11, atol=1e-14)
-    # The backward also accepts the generic kernel's residuals (any split of the normalizer).
-    grad = module.backward_logits(xp, g, a, n, v, t, *want[:3], dtype)
-    assert_close(backend.to_numpy(grad), backend.to_numpy(want[3]), rtol=1e-11, atol=1e-14)
+    statistics = module.forward_logits(xp, a, v, dtype)
+    compare_forward(backend, statistics, want[:4], valid, rtol=1e-12, atol=1e-12)
+    grad = module.backward_logits(xp, g, a, n, residuals_of(xp, statistics, v, t), dtype)
+    assert_close(backend.to_numpy(grad), backend.to_numpy(want[4]), rtol=1e-11, atol=1e-14)
+    # The backward also accepts the generic kernel's residuals (any split of the two sums).
+    grad = module.backward_logits(xp, g, a, n, residuals_of(xp, want[:4], v, t), dtype)
+    assert_close(backend.to_numpy(grad), backend.to_numpy(want[4]), rtol=1e-11, atol=1e-14)
     if valid is not None:
-        masked = backend.to_numpy(got[3])[~valid]
+        masked = backend.to_numpy(got[4])[~valid]
         assert np.all(masked == 0) and not np.any(np.signbit(masked)), "masked steps must be +0"
 
 
@@ -158,10 +180,10 @@ def test_extreme_logits(fast, case, classes, dtype_name):
     want = _kernel.forward_backward_logits(xp, *reference, backend.dtype("float64"))
     got = module.forward_backward_logits(xp, *args, backend.dtype(dtype_name))
     tolerance = 1e-12 if dtype_name == "float64" else 2e-5
-    compare_forward(backend, got[:3], want[:3], valid, rtol=tolerance, atol=tolerance)
-    grad = backend.to_numpy(got[3]).astype(np.float64)
+    compare_forward(backend, got[:4], want[:4], valid, rtol=tolerance, atol=tolerance)
+    grad = backend.to_numpy(got[4]).astype(np.float64)
     assert np.all(np.isfinite(grad)) and np.all(np.abs(grad) <= weights[:, None, None] * (1 + 1e-6))
-    assert_close(grad, backend.to_numpy(want[3]), rtol=tolerance, atol=tolerance)
+    assert_close(grad, backend.to_numpy(want[4]), rtol=tolerance, atol=tolerance)
 
 
 def test_a_sample_without_valid_steps_does_not_leak(fast):
@@ -177,8 +199,8 @@ def test_a_sample_without_valid_steps_does_not_leak(fast):
     want = [backend.to_numpy(x) for x in _kernel.forward_backward_logits(xp, g, a, n, v, t, dtype)]
     got = [backend.to_numpy(x) for x in module.forward_backward_logits(xp, g, a, n, v, t, dtype)]
     keep = np.array([0, 2])
-    assert_close(got[2][keep], want[2][keep], rtol=1e-12, atol=1e-12)
-    assert_close(got[3][keep], want[3][keep], rtol=1e-11, atol=1e-14)
+    assert_close((got[2] + got[3])[keep], (want[2] + want[3])[keep], rtol=1e-12, atol=1e-12)
+    assert_close(got[4][keep], want[4][keep], rtol=1e-11, atol=1e-14)
 
 
 def test_repeated_calls_are_bitwise_equal(fast):
@@ -210,7 +232,7 @@ def test_numpy_blocks_and_threads_do_not_change_results(monkeypatch):
     for x, y in zip(*results, strict=True):
         np.testing.assert_array_equal(x, y)
     want = _kernel.forward_backward_logits(np, *args[:1], logits, *args[2:], np.float64)
-    assert_close(results[0][3].astype(np.float64), want[3], rtol=2e-5, atol=1e-7)
+    assert_close(results[0][4].astype(np.float64), want[4], rtol=2e-5, atol=1e-7)
 
 
 def test_numpy_half_precision_is_accumulated_in_float32():
@@ -219,17 +241,17 @@ def test_numpy_half_precision_is_accumulated_in_float32():
     logits, counts, valid, lengths, weights = make_inputs(np.random.default_rng(4), 3, 10, 37, "none")
     half = logits.astype(np.float16)
     got = fast_numpy.forward_backward_logits(np, weights, half, counts, valid, lengths, np.dtype(np.float32))
-    assert got[3].dtype == np.float32
+    assert got[4].dtype == np.float32
     want = _kernel.forward_backward_logits(
         np, weights, half.astype(np.float64), counts, valid, lengths, np.float64
     )
-    assert_close(got[3].astype(np.float64), want[3], rtol=2e-5, atol=1e-7)
+    assert_close(got[4].astype(np.float64), want[4], rtol=2e-5, atol=1e-7)
 
 
-@pytest.fixture(scope="module", params=backend_params(("numpy", "torch", "jax")))
+@pytest.fixture(scope="module", params=fast_params(("numpy", "torch", "jax")))
 def property_fast(request: pytest.FixtureRequest) -> tuple[Backend, ModuleType]:
-    backend = load_backend(request.param)
-    return backend, importlib.import_module(f"ace_core.backends.{backend.entry.library}")
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        yield load_fast(request.param, monkeypatch)
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -251,8 +273,8 @@ def test_property_fused_path_matches_generic(property_fast, batch, steps, classe
     dtype = backend.dtype("float64")
     want = _kernel.forward_backward_logits(xp, *args, dtype)
     got = module.forward_backward_logits(xp, *args, dtype)
-    compare_forward(backend, got[:3], want[:3], valid, rtol=1e-11, atol=1e-11)
-    assert_close(backend.to_numpy(got[3]), backend.to_numpy(want[3]), rtol=1e-10, atol=1e-13)
+    compare_forward(backend, got[:4], want[:4], valid, rtol=1e-11, atol=1e-11)
+    assert_close(backend.to_numpy(got[4]), backend.to_numpy(want[4]), rtol=1e-10, atol=1e-13)
 
 
 def test_autodiff_through_the_core_still_works(fast):
@@ -278,3 +300,18 @@ def test_autodiff_through_the_core_still_works(fast):
 
         got = jax.grad(lambda s: ace_core.ace_loss(s, n, input_lengths=lengths))(scores)
     assert_close(backend.to_numpy(got), backend.to_numpy(expected), rtol=1e-10, atol=1e-13)
+
+
+def test_torch_cpu_tensors_share_memory_with_the_numpy_path():
+    # Zero-copy both ways: the gradient handed back is the buffer NumPy wrote, and out= is written in place.
+    torch = pytest.importorskip("torch")
+    import ace_core
+
+    logits, counts, _, _, _ = make_inputs(np.random.default_rng(6), 2, 5, 300, "none")
+    scores = torch.from_numpy(logits.astype(np.float32))
+    _, grad = ace_core.ace_loss_and_grad(scores, torch.from_numpy(counts))
+    assert grad.dtype == torch.float32 and grad.is_contiguous()
+    out = torch.empty_like(scores)
+    _, got = ace_core.ace_loss_and_grad(scores, torch.from_numpy(counts), out=out)
+    assert got is out and torch.equal(out, grad)
+    assert np.shares_memory(out.numpy(), got.numpy())

@@ -6,7 +6,14 @@ from __future__ import annotations
 import brute_force
 import numpy as np
 import pytest
-from _helpers import CASE_NAMES, assert_close, make_case, reference_gradient, reference_per_sample
+from _helpers import (
+    CASE_NAMES,
+    assert_close,
+    assert_unchanged,
+    make_case,
+    reference_gradient,
+    reference_per_sample,
+)
 
 import ace_core
 
@@ -112,6 +119,7 @@ def test_residuals_hold_no_per_step_class_buffer(backend):
         if hasattr(value, "shape"):
             assert len(value.shape) <= 2, f"residual {field} has shape {tuple(value.shape)}"
     assert tuple(residuals.log_mass.shape) == (batch, classes)
+    assert tuple(residuals.mass_max.shape) == tuple(residuals.mass_log_sum.shape) == (batch, classes)
     assert tuple(residuals.step_max.shape) == (batch, steps)
     assert tuple(residuals.step_log_sum.shape) == (batch, steps)
 
@@ -231,3 +239,110 @@ def test_non_contiguous_scores(backend, from_logits):
         rtol=GRAD_RTOL,
         atol=GRAD_ATOL,
     )
+
+
+# --------------------------------------------------------------------------- out=: a caller's buffer
+
+
+@pytest.mark.parametrize("from_logits", [True, False], ids=["logits", "probs"])
+@pytest.mark.parametrize("name", CASE_NAMES)
+def test_out_receives_the_gradient(backend, name, from_logits):
+    if backend.library == "jax":
+        pytest.skip("JAX arrays are immutable: out= is refused (tested below)")
+    case = make_case(name, from_logits)
+    scores, counts = backend.asarray(case.scores), backend.asarray(case.counts)
+    keywords = {"reduction": "mean", **case.keywords(backend)}
+    want_loss, want_grad = ace_core.ace_loss_and_grad(scores, counts, **keywords)
+    out = backend.asarray(np.full(case.scores.shape, np.nan))  # stale contents must not leak through
+    loss, grad = ace_core.ace_loss_and_grad(scores, counts, out=out, **keywords)
+    assert grad is out
+    np.testing.assert_array_equal(backend.to_numpy(loss), backend.to_numpy(want_loss))
+    np.testing.assert_array_equal(backend.to_numpy(out), backend.to_numpy(want_grad))
+    # Reused for a second call, as a training loop would.
+    ace_core.ace_loss_and_grad(scores, counts, out=out, **keywords)
+    np.testing.assert_array_equal(backend.to_numpy(out), backend.to_numpy(want_grad))
+
+
+def test_out_for_half_precision_and_dropped_samples(backend):
+    # float16 is accumulated in float32 (the gradient is then copied into out);
+    # an infeasible sample with zero_infinity gets 0 in out, not what was there.
+    if backend.library == "jax":
+        pytest.skip("JAX arrays are immutable")
+    logits = np.random.default_rng(3).standard_normal((3, 6, 300))
+    counts = np.zeros((3, 300), dtype=np.int64)
+    counts[:, 0], counts[:, 7] = 4, 2
+    lengths = np.array([6, 0, 6])
+    for dtype in ("float16", "float32"):
+        scores = backend.asarray(logits, dtype)
+        keywords = {"input_lengths": backend.asarray(lengths), "zero_infinity": True}
+        _, want = ace_core.ace_loss_and_grad(scores, backend.asarray(counts), **keywords)
+        out = backend.asarray(np.ones(logits.shape), dtype)
+        _, grad = ace_core.ace_loss_and_grad(scores, backend.asarray(counts), out=out, **keywords)
+        assert grad is out
+        np.testing.assert_array_equal(backend.to_numpy(out), backend.to_numpy(want))
+        assert np.all(backend.to_numpy(out)[1] == 0)
+
+
+def _bad_outs(backend, scores_np: np.ndarray) -> list[tuple[str, object, type, str]]:
+    """``(label, out, error, message)`` for every way an ``out`` can be wrong on this backend."""
+    shape = scores_np.shape
+    cases = [
+        ("list", np.zeros(shape).tolist(), TypeError, "out"),
+        ("shape", backend.asarray(np.zeros((2, 5, 4))), ValueError, "shape"),
+        ("dtype", backend.asarray(np.zeros(shape), "float32"), TypeError, "dtype"),
+    ]
+    if backend.library != "numpy":
+        cases.append(("library", np.zeros(shape), TypeError, "array like `scores`"))
+    return cases
+
+
+def test_bad_out_is_refused_and_nothing_changes(backend):
+    scores_np = np.random.default_rng(1).standard_normal((2, 4, 3))
+    counts_np = np.array([[2, 1, 1], [4, 0, 0]])
+    scores, counts = backend.asarray(scores_np), backend.asarray(counts_np)
+    if backend.library == "jax":
+        cases = [("immutable", backend.asarray(np.zeros(scores_np.shape)), TypeError, "immutable")]
+    else:
+        cases = _bad_outs(backend, scores_np)
+    for label, out, error, message in cases:
+        before = backend.to_numpy(out) if hasattr(out, "shape") and not isinstance(out, np.ndarray) else None
+        with pytest.raises(error, match=message):
+            ace_core.ace_loss_and_grad(scores, counts, out=out)
+        assert_unchanged([scores_np, counts_np], [backend.to_numpy(scores), backend.to_numpy(counts)])
+        if before is not None:
+            np.testing.assert_array_equal(backend.to_numpy(out), before, err_msg=label)
+
+
+def test_out_must_not_alias_the_scores_numpy():
+    buffer = np.random.default_rng(2).standard_normal((2, 8, 3))
+    counts = np.array([[2, 1, 1], [4, 0, 0]])
+    scores = buffer[:, :4]
+    kept = buffer.copy()
+    read_only = np.zeros(scores.shape)
+    read_only.flags.writeable = False
+    for out, message in [
+        (scores, "share memory"),
+        (buffer[:, 2:6], "share memory"),  # overlaps half of the scores
+        (np.zeros((2, 4, 6))[:, :, ::2], "contiguous"),
+        (read_only, "read-only"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            ace_core.ace_loss_and_grad(scores, counts, out=out)
+        np.testing.assert_array_equal(buffer, kept)
+
+
+def test_out_must_not_alias_the_scores_torch():
+    torch = pytest.importorskip("torch")
+    buffer = torch.randn(2, 8, 3, dtype=torch.float64)
+    kept = buffer.clone()
+    scores = buffer[:, :4]
+    counts = torch.tensor([[2, 1, 1], [4, 0, 0]])
+    for out, message in [
+        (scores, "share memory"),
+        (buffer[:, 4:], "share memory"),  # the same storage
+        (torch.zeros(2, 4, 6, dtype=torch.float64)[:, :, ::2], "contiguous"),
+        (torch.zeros(2, 4, 3, dtype=torch.float64, requires_grad=True), "grad"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            ace_core.ace_loss_and_grad(scores, counts, out=out)
+        assert torch.equal(buffer, kept)
