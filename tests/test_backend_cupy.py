@@ -1,10 +1,13 @@
-"""The fused CuPy kernels (``ace_core.backends.cupy``) against the generic array-API kernel.
+"""The fused CuPy kernels (``ace_core.backends.cupy``) on a GPU, against the generic array-API kernel.
 
-The reference is :mod:`ace_core._kernel` in float64 on the same values, run on
-the GPU by CuPy itself. The module is skipped without CuPy; the tests that
-launch kernels are skipped without a CUDA device (the import and host-compile
-tests need none). Written on a machine without a GPU: these tests are what
-verifies the kernels where a GPU is present.
+The reference is :mod:`ace_core._kernel` in float64 on the host, on the very
+values each storage dtype holds (``tests/cuda_host/problems.py``, shared with
+the host harness tests of ``tests/test_cuda_host.py``, which run the same
+kernel source and launches without a GPU). The module is skipped without
+CuPy; the tests that launch kernels are skipped without a CUDA device (the
+import and NVRTC tests need none). What only a GPU shows: NVRTC's compilation
+and the device's own ``expf``/``logf``, streams, CUDA graphs, DLPack hand-over
+from torch, and 64-bit offsets past 2**31 elements.
 """
 
 from __future__ import annotations
@@ -17,14 +20,25 @@ from typing import Any
 import numpy as np
 import pytest
 from _helpers import assert_close
+from cuda_host.problems import (
+    ATOL,
+    RTOL,
+    Problem,
+    accumulation,
+    as_float64,
+    bfloat16_bits,
+    make_problem,
+    reference,
+    residuals,
+)
 
 cupy = pytest.importorskip("cupy")
 
 import ace_core  # noqa: E402
-from ace_core import _kernel  # noqa: E402
 from ace_core._dispatch import kernel_for  # noqa: E402
-from ace_core.backends import _cupy_source  # noqa: E402
+from ace_core.backends import _cupy_launch  # noqa: E402
 from ace_core.backends import cupy as fused  # noqa: E402
+from ace_core.backends._cupy_source import SOURCE  # noqa: E402
 
 
 def _device_count() -> int:
@@ -37,11 +51,6 @@ def _device_count() -> int:
 HAS_GPU = _device_count() > 0
 requires_gpu = pytest.mark.skipif(not HAS_GPU, reason="CuPy sees no CUDA device")
 
-# Tolerances of the stored results against the float64 reference, relative and absolute; the
-# absolute part covers log-space values near 0 (log Σ_t y ≈ 0 carries an absolute error of ~T ulps).
-RTOL = {"float64": 1e-12, "float32": 2e-5, "float16": 2.0**-10, "bfloat16": 2.0**-7}
-ATOL = {"float64": 1e-12, "float32": 1e-5, "float16": 1e-5, "bfloat16": 1e-4}
-
 
 def _xp() -> Any:
     from array_api_compat import cupy as xp
@@ -49,144 +58,66 @@ def _xp() -> Any:
     return xp
 
 
-# --------------------------------------------------------------------------- test data
-
-
-def bfloat16_bits(values: np.ndarray) -> np.ndarray:
-    """float32 → bfloat16 bit patterns (uint16), rounded to nearest even; NaN stays NaN."""
-    u = np.asarray(values, dtype=np.float32).view(np.uint32).astype(np.uint64)
-    is_nan = (u & 0x7FFFFFFF) > 0x7F800000
-    rounded = ((u + 0x7FFF + ((u >> 16) & 1)) >> 16).astype(np.uint16)
-    return np.where(is_nan, ((u >> 16) | 0x40).astype(np.uint16), rounded)
-
-
-def bfloat16_values(bits: np.ndarray) -> np.ndarray:
-    """bfloat16 bit patterns → float64 values."""
-    return (np.asarray(bits).astype(np.uint32) << 16).view(np.float32).astype(np.float64)
-
-
-@dataclasses.dataclass
-class Problem:
-    """Host data of one case: float64 logits (before rounding to a storage dtype) and labels."""
-
-    logits: np.ndarray  # (B, T, C) float64
-    valid: np.ndarray | None  # (B, T) bool
-    lengths: np.ndarray  # (B,) float64 T_b
-    counts: np.ndarray  # (B, C) float64, rows sum to T_b
-    grad_out: np.ndarray  # (B,) float64
-
-    def stored(self, storage: str, pad: float | None = None) -> tuple[Any, dict[str, Any], np.ndarray]:
-        """``(scores on the GPU, keywords, float64 values they hold)``, padding at masked steps."""
-        logits = self.logits if pad is None else np.where(self._valid3(), self.logits, pad)
-        if storage == "bfloat16":
-            bits = bfloat16_bits(logits)
-            return cupy.asarray(bits), {"bfloat16_bits": True}, bfloat16_values(bits)
-        host = logits.astype(storage)
-        return cupy.asarray(host), {}, host.astype(np.float64)
-
-    def _valid3(self) -> np.ndarray:
-        shape = self.logits.shape[:2]
-        return (np.ones(shape, bool) if self.valid is None else self.valid)[:, :, None]
-
-    def device(self, dtype: Any) -> dict[str, Any]:
-        """valid, lengths, counts, grad_out on the GPU, in ``dtype``."""
-        return {
-            "valid": None if self.valid is None else cupy.asarray(self.valid),
-            "lengths": cupy.asarray(self.lengths, dtype=dtype),
-            "counts": cupy.asarray(self.counts, dtype=dtype),
-            "grad_out": cupy.asarray(self.grad_out, dtype=dtype),
-        }
-
-
-def make_problem(
-    batch: int, steps: int, classes: int, mask: str = "none", *, scale: float = 2.0, seed: int = 0
-) -> Problem:
-    """A random case. ``mask``: ``none`` (valid=None), ``lengths`` (prefixes, one T_b = 0 when B >= 3)
-    or ``mask`` (random steps, one sample without any valid step when B >= 3)."""
-    rng = np.random.default_rng([seed, batch, steps, classes])
-    logits = rng.normal(scale=scale, size=(batch, steps, classes))
-    if mask == "none":
-        valid = None
-    elif mask == "lengths":
-        lengths = rng.integers(1, steps + 1, size=batch)
-        lengths[0] = steps
-        if batch >= 3:
-            lengths[1] = 0
-        valid = np.arange(steps)[None, :] < lengths[:, None]
-    elif mask == "mask":
-        valid = rng.random((batch, steps)) < 0.6
-        valid[0, 0] = True
-        if batch >= 3:
-            valid[1] = False
-    else:
-        raise ValueError(mask)
-    per_sample = np.full(batch, steps) if valid is None else valid.sum(axis=1)
-    counts = np.zeros((batch, classes))
-    for b, length in enumerate(per_sample):
-        if classes > 1 and length > 0:
-            labels = rng.integers(1, classes, size=min(int(length), 25, int(rng.integers(0, length + 1))))
-            np.add.at(counts[b], labels, 1)
-        counts[b, 0] = length - counts[b].sum()
-    grad_out = rng.uniform(0.5, 2.0, size=batch)
-    return Problem(logits, valid, per_sample.astype(np.float64), counts, grad_out)
-
-
-def reference(problem: Problem, values: np.ndarray) -> tuple[np.ndarray, ...]:
-    """The generic kernel in float64 on ``values``, on the GPU: (step_max, step_log_sum, log_mass, grad)."""
-    xp = _xp()
-    d = problem.device(cupy.float64)
-    scores = cupy.asarray(values)
-    step_max, step_log_sum, log_mass = _kernel.forward_logits(xp, scores, d["valid"], cupy.float64)
-    grad = _kernel.backward_logits(
-        xp,
-        d["grad_out"],
-        scores,
-        d["counts"],
-        d["valid"],
-        d["lengths"],
-        step_max,
-        step_log_sum,
-        log_mass,
-        cupy.float64,
-    )
-    return tuple(cupy.asnumpy(x) for x in (step_max, step_log_sum, log_mass, grad))
-
-
 def host(x: Any, storage: str = "") -> np.ndarray:
     """A result on the host as float64 (bfloat16 bit patterns decoded)."""
-    x = cupy.asnumpy(x)
-    return bfloat16_values(x) if storage == "bfloat16" else x.astype(np.float64)
+    return as_float64(cupy.asnumpy(x), storage)
 
 
-def accumulation(storage: str) -> Any:
-    return cupy.float64 if storage == "float64" else cupy.float32
+def on_device(problem: Problem, dtype: Any) -> dict[str, Any]:
+    """valid, lengths, counts, grad_out on the GPU, in ``dtype``."""
+    return {
+        "valid": None if problem.valid is None else cupy.asarray(problem.valid),
+        "lengths": cupy.asarray(problem.lengths, dtype=dtype),
+        "counts": cupy.asarray(problem.counts, dtype=dtype),
+        "grad_out": cupy.asarray(problem.grad_out, dtype=dtype),
+    }
+
+
+def stored_on_device(problem: Problem, storage: str, pad: float | None = None):
+    stored, kw, values = problem.stored(storage, pad)
+    return cupy.asarray(stored), kw, values
 
 
 def run_fused(problem: Problem, storage: str, pad: float | None = None) -> tuple[tuple[Any, ...], np.ndarray]:
-    """forward_logits then backward_logits of the fused path: ``((step_max, step_log_sum, log_mass, grad),
-    values)`` where ``values`` are the float64 values of the stored scores."""
+    """forward_logits, then backward_logits: ``((4 statistics, grad), float64 stored values)``."""
     xp = _xp()
-    scores, kw, values = problem.stored(storage, pad)
+    scores, kw, values = stored_on_device(problem, storage, pad)
     acc = accumulation(storage)
-    d = problem.device(acc)
+    d = on_device(problem, acc)
     assert fused.is_supported(scores, acc, **kw)
-    step_max, step_log_sum, log_mass = fused.forward_logits(xp, scores, d["valid"], acc, **kw)
-    grad = fused.backward_logits(
-        xp,
-        d["grad_out"],
-        scores,
-        d["counts"],
-        d["valid"],
-        d["lengths"],
-        step_max,
-        step_log_sum,
-        log_mass,
-        acc,
-        **kw,
-    )
-    assert step_max.dtype == step_log_sum.dtype == log_mass.dtype == acc
+    statistics = fused.forward_logits(xp, scores, d["valid"], acc, **kw)
+    res = residuals(statistics, d["valid"], d["lengths"])
+    grad = fused.backward_logits(xp, d["grad_out"], scores, d["counts"], res, acc, **kw)
+    assert all(x.dtype == acc for x in statistics)
     assert grad.dtype == scores.dtype and grad.shape == scores.shape
-    return (step_max, step_log_sum, log_mass, grad), values
+    return (*statistics, grad), values
+
+
+def compare(problem: Problem, results: tuple, expected: tuple, storage: str, grad_storage: str = "") -> None:
+    """The statistics and the gradient against the float64 reference (the mass in its two parts)."""
+    precision = "float64" if storage == "float64" else "float32"
+    rtol, atol = RTOL[precision], ATOL[precision]
+    step_max, step_log_sum, mass_max, mass_log_sum = (host(x) for x in results[:4])
+    rows = problem.valid3()[:, :, 0]
+    assert np.array_equal(step_max[rows], expected[0][rows])  # the max is exact in any precision
+    assert_close(step_log_sum, expected[1], rtol=rtol, atol=atol, kind=f"cupy fused step_log_sum {storage}")
+    log_mass = expected[2] + expected[3]
+    assert_close(
+        mass_max + mass_log_sum, log_mass, rtol=rtol, atol=atol, kind=f"cupy fused log_mass {storage}"
+    )
+    has_mass = np.isfinite(log_mass)
+    assert_close(mass_max[has_mass], expected[2][has_mass], rtol=rtol, atol=atol)
+    assert_close(mass_log_sum[has_mass], expected[3][has_mass], rtol=rtol, atol=atol)
+    grad_precision = grad_storage or precision
+    assert_close(
+        host(results[4], grad_storage),
+        expected[4],
+        rtol=RTOL[grad_precision],
+        atol=ATOL[grad_precision],
+        kind=f"cupy fused grad {grad_precision}",
+    )
+    if problem.valid is not None:
+        assert np.all(host(results[4], grad_storage)[~problem.valid] == 0)
 
 
 # --------------------------------------------------------------------------- without a GPU
@@ -216,25 +147,6 @@ def test_dispatch_picks_the_fused_functions():
     assert kernel.forward_backward_logits is fused.forward_backward_logits
 
 
-def test_launch_shapes_cover_the_classes():
-    for classes in (1, 2, 3, 31, 32, 33, 37, 512, 513, 1000, 7357, 8192, 8193, fused.MAX_CLASSES):
-        items, threads = fused.launch_shape(classes)
-        assert items in fused.ITEMS_CHOICES and threads % 32 == 0 and 32 <= threads <= fused.MAX_THREADS
-        assert items * threads >= classes
-        assert items * (threads - 32) < classes or items == 1  # no whole idle warp
-    assert fused.launch_shape(fused.MAX_CLASSES + 1) is None
-    assert fused.launch_shape(0) is None
-
-
-@pytest.mark.parametrize("batch", [1, 2, 3, 64, 1000])
-@pytest.mark.parametrize("steps", [1, 2, 7, 8, 9, 144, 1000, 4099])
-def test_tiles_cover_every_step_once(batch, steps):
-    rows, tiles = fused.tiling(batch, steps)
-    assert rows >= 1 and tiles >= 1
-    assert (tiles - 1) * rows < steps <= tiles * rows  # no empty tile, none missing
-    assert tiles <= max(fused.MIN_TILES_PER_SAMPLE, -(-fused.TARGET_BLOCKS // batch))  # partials O(B·C)
-
-
 def test_cuda_source_compiles_for_every_variant():
     # NVRTC compiles on the host, with no GPU; this uses CuPy's private compiler class.
     compiler = pytest.importorskip("cupy.cuda.compiler")
@@ -245,19 +157,9 @@ def test_cuda_source_compiles_for_every_variant():
         cupy.cuda.nvrtc.getVersion()
     except Exception as error:  # noqa: BLE001 - no NVRTC library: nothing to compile with
         pytest.skip(f"NVRTC is not available: {error}")
-    names = [_cupy_source.combine_name("float"), _cupy_source.combine_name("double")]
-    for storage in ("float", "double", "ace_f16", "ace_bf16"):
-        for items in fused.ITEMS_CHOICES:
-            names.append(_cupy_source.forward_name(storage, "float", items))
-            names.append(_cupy_source.backward_name(storage, "float", items))
-    names += [
-        _cupy_source.forward_name("double", "double", 1),
-        _cupy_source.backward_name("double", "double", 1),
-    ]
+    names = _cupy_launch.all_kernel_names()
     options = ("-arch=sm_80", "--std=c++17", "--device-as-default-execution-space")
-    binary, mapping = program(_cupy_source.SOURCE, "ace.cu", name_expressions=names, method="cubin").compile(
-        options
-    )
+    binary, mapping = program(SOURCE, "ace.cu", name_expressions=names, method="cubin").compile(options)
     assert len(binary) > 0 and set(mapping) == set(names)
 
 
@@ -268,12 +170,15 @@ SHAPES = [
     (3, 4, 2),
     (3, 7, 3),
     (4, 19, 37),  # the paper's small alphabet
-    (3, 33, 7357),  # the paper's large alphabet (16 classes a thread)
+    (3, 33, 7357),  # the paper's large alphabet (8 classes a thread)
     (3, 1, 37),  # T = 1
     (5, 17, 1000),  # C not a multiple of the block, T not of the tile
     (1, 301, 129),  # many tiles for one sample
     (70, 3, 5),  # B larger than the tile target
-    (2, 9, 16384),  # the largest C of the fused path (32 classes a thread)
+    (2, 9, 1025),  # 2 classes a thread
+    (2, 9, 4097),  # 8 classes a thread
+    (2, 9, 8193),  # 16 classes a thread
+    (2, 9, 16384),  # the largest C of the fused path
 ]
 
 
@@ -285,18 +190,7 @@ SHAPES = [
 def test_matches_generic_kernel(shape, mask, storage):
     problem = make_problem(*shape, mask)
     results, values = run_fused(problem, storage)
-    expected = reference(problem, values)
-    names = ("step_max", "step_log_sum", "log_mass", "grad")
-    for name, got, want in zip(names, results, expected, strict=True):
-        assert_close(
-            host(got), want, rtol=RTOL[storage], atol=ATOL[storage], kind=f"cupy fused {name} {storage}"
-        )
-    # the max is exact: the same element in any precision
-    if problem.valid is not None:
-        assert np.array_equal(host(results[0])[problem.valid], expected[0][problem.valid])
-        assert np.all(host(results[3])[~problem.valid] == 0)
-    else:
-        assert np.array_equal(host(results[0]), expected[0])
+    compare(problem, results, reference(problem, values), storage)
 
 
 @pytest.mark.gpu
@@ -309,25 +203,11 @@ def test_matches_generic_kernel(shape, mask, storage):
 def test_half_inputs_accumulate_in_float32(storage, shape, mask):
     problem = make_problem(*shape, mask)
     results, values = run_fused(problem, storage)
-    expected = reference(problem, values)  # float64 on the very values the half array holds
-    for name, got, want in zip(
-        ("step_max", "step_log_sum", "log_mass"), results[:3], expected[:3], strict=True
-    ):
-        # accumulated in float32 on exact inputs: float32 accuracy, not half accuracy
-        assert_close(
-            host(got), want, rtol=RTOL["float32"], atol=ATOL["float32"], kind=f"cupy fused {name} {storage}"
-        )
-    # the gradient is rounded once, to the storage dtype
-    assert_close(
-        host(results[3], storage),
-        expected[3],
-        rtol=RTOL[storage],
-        atol=ATOL[storage],
-        kind=f"cupy grad {storage}",
-    )
+    # accumulated in float32 on exact inputs: float32 accuracy; the gradient rounded once to storage
+    compare(problem, results, reference(problem, values), "float32", grad_storage=storage)
     # ... and agrees with the float32 path on the same values to 1e-2
     float32_results, _ = run_fused(dataclasses.replace(problem, logits=values), "float32")
-    assert_close(host(results[3], storage), host(float32_results[3]), rtol=1e-2, atol=1e-3)
+    assert_close(host(results[4], storage), host(float32_results[4]), rtol=1e-2, atol=1e-3)
 
 
 @pytest.mark.gpu
@@ -340,17 +220,16 @@ def test_masked_steps_are_never_read(pad, storage):
     clean, _ = run_fused(problem, storage, pad=0.0)
     for got, want in zip(padded, clean, strict=True):
         assert np.array_equal(cupy.asnumpy(got), cupy.asnumpy(want))  # bitwise
-    grad = host(padded[3], storage)
+    grad = host(padded[4], storage)
     assert np.all(grad[~problem.valid] == 0) and np.all(np.isfinite(grad))
-    assert np.all(np.isfinite(host(padded[2])[0]))
 
 
 @pytest.mark.gpu
 @requires_gpu
 def test_samples_without_valid_steps_stay_apart():
     problem = make_problem(5, 11, 37, "lengths", seed=1)  # sample 1 has T_b = 0
-    (step_max, step_log_sum, log_mass, grad), values = run_fused(problem, "float32")
-    log_mass, grad = host(log_mass), host(grad)
+    (_, _, mass_max, mass_log_sum, grad), _ = run_fused(problem, "float32")
+    log_mass, grad = host(mass_max) + host(mass_log_sum), host(grad)
     assert np.all(log_mass[1] == -np.inf) and np.all(grad[1] == 0)
     others = [0, 2, 3, 4]
     assert np.all(np.isfinite(log_mass[others])) and np.all(np.isfinite(grad[others]))
@@ -378,15 +257,27 @@ def test_extreme_logits(storage, kind):
     problem.counts[:, 0] = problem.lengths - problem.counts[:, 5]
     problem.grad_out[:] = 1.0
     results, values = run_fused(problem, storage)
-    expected = reference(problem, values)
-    # float32 with logits of 1e4 cancels log-masses of size 2e4 (ulp 2e-3)
-    rtol = {"float64": 1e-9, "float32": 5e-3 if kind == "1e4" else 1e-4}[storage]
-    for name, got, want in zip(
-        ("step_max", "step_log_sum", "log_mass", "grad"), results, expected, strict=True
-    ):
-        assert_close(host(got), want, rtol=rtol, atol=1e-6, kind=f"cupy fused extreme {name} {storage}")
-    grad = host(results[3])
-    assert np.all(np.isfinite(grad)) and np.abs(grad).max() <= 1 + 1e-6  # the bound |∂L/∂a| <= 1
+    compare(problem, results, reference(problem, values), storage)
+    grad = host(results[4])
+    assert np.all(np.isfinite(grad)) and np.abs(grad).max() <= 1  # the bound |∂L/∂a| <= 1
+
+
+@pytest.mark.gpu
+@requires_gpu
+@pytest.mark.parametrize(("storage", "big"), [("float32", 3e38), ("float64", 1e300), ("bfloat16", 3e38)])
+def test_tied_steps_at_extreme_logits_share_the_pull_exactly(storage, big):
+    # Two identical steps: r = 1/2 for every class, pulls N̄/2 (a one-part mass would give r = 1).
+    rows = np.array([[0.0, big / 2, big], [-big, 0.0, -big / 3], [big, big, 0.0]])
+    logits = np.concatenate([np.repeat(rows[None, i : i + 1], 2, axis=1) for i in range(3)])
+    counts = np.array([[1.0, 1.0, 0.0], [0.0, 1.0, 1.0], [1.0, 0.0, 1.0]])
+    problem = Problem(logits, None, np.full(3, 2.0), counts, np.ones(3))
+    results, _ = run_fused(problem, storage)
+    grad = host(results[4], storage)
+    ulps = 4e-16 if storage == "float64" else 2.4e-7
+    assert np.abs(grad).max() <= 1
+    assert_close(grad[0], [[-0.25, -0.25, 0.5]] * 2, rtol=ulps)
+    assert_close(grad[1], [[0.0, 0.25, -0.25]] * 2, rtol=ulps)
+    assert_close(grad[2], [[0.0, 0.25, -0.25]] * 2, rtol=ulps, atol=ulps)
 
 
 @pytest.mark.gpu
@@ -403,17 +294,41 @@ def test_bitwise_deterministic(shape, storage):
 
 @pytest.mark.gpu
 @requires_gpu
-def test_forward_backward_logits_is_the_two_halves():
+def test_forward_backward_logits_is_the_two_halves_and_writes_out():
     xp = _xp()
     problem = make_problem(3, 21, 37, "mask", seed=5)
-    scores, kw, _ = problem.stored("float32")
-    d = problem.device(cupy.float32)
+    scores, kw, _ = stored_on_device(problem, "float32")
+    d = on_device(problem, cupy.float32)
     halves, _ = run_fused(problem, "float32")
-    fused_all = fused.forward_backward_logits(
-        xp, d["grad_out"], scores, d["counts"], d["valid"], d["lengths"], cupy.float32, **kw
-    )
-    for a, b in zip(fused_all, halves, strict=True):
+    args = (xp, d["grad_out"], scores, d["counts"], d["valid"], d["lengths"], cupy.float32)
+    together = fused.forward_backward_logits(*args, **kw)
+    assert len(together) == 5
+    for a, b in zip(together, halves, strict=True):
         assert np.array_equal(cupy.asnumpy(a), cupy.asnumpy(b))
+    out = cupy.full(scores.shape, 7.0, dtype=scores.dtype)
+    given = fused.forward_backward_logits(*args, out=out, **kw)
+    assert given[4] is out and np.array_equal(cupy.asnumpy(out), cupy.asnumpy(halves[4]))
+    for error, bad in [
+        (TypeError, cupy.empty(scores.shape, dtype=cupy.float64)),
+        (ValueError, cupy.empty((3, 21, 38), dtype=scores.dtype)),
+        (ValueError, cupy.empty((3, 37, 21), dtype=scores.dtype).transpose(0, 2, 1)),
+        (ValueError, scores),
+    ]:
+        with pytest.raises(error, match="out"):
+            fused.forward_backward_logits(*args, out=bad, **kw)
+
+
+@pytest.mark.gpu
+@requires_gpu
+def test_backward_takes_the_generic_forwards_residuals():
+    xp = _xp()
+    problem = make_problem(3, 21, 37, "mask", seed=5)
+    scores, _, values = stored_on_device(problem, "float64")
+    expected = reference(problem, values)
+    d = on_device(problem, cupy.float64)
+    generic = residuals(tuple(cupy.asarray(x) for x in expected[:4]), d["valid"], d["lengths"])
+    grad = fused.backward_logits(xp, d["grad_out"], scores, d["counts"], generic, cupy.float64)
+    assert_close(host(grad), expected[4], rtol=RTOL["float64"], atol=ATOL["float64"])
 
 
 @pytest.mark.gpu
@@ -421,16 +336,15 @@ def test_forward_backward_logits_is_the_two_halves():
 def test_non_contiguous_scores_and_inputs_unchanged():
     xp = _xp()
     problem = make_problem(3, 9, 37, "lengths", seed=6)
-    scores, _, values = problem.stored("float32")
+    scores, _, values = stored_on_device(problem, "float32")
     transposed = cupy.ascontiguousarray(scores.transpose(1, 0, 2)).transpose(1, 0, 2)  # (B, T, C) view
     assert not transposed.flags.c_contiguous
     before = cupy.asnumpy(transposed)
-    d = problem.device(cupy.float32)
+    d = on_device(problem, cupy.float32)
     out = fused.forward_backward_logits(
         xp, d["grad_out"], transposed, d["counts"], d["valid"], d["lengths"], cupy.float32
     )
-    expected = reference(problem, values)
-    assert_close(host(out[3]), expected[3], rtol=RTOL["float32"], atol=ATOL["float32"])
+    assert_close(host(out[4]), reference(problem, values)[4], rtol=RTOL["float32"], atol=ATOL["float32"])
     assert np.array_equal(cupy.asnumpy(transposed), before)
 
 
@@ -457,13 +371,14 @@ def test_capturable_in_a_cuda_graph():
     second = make_problem(4, 25, 37, "lengths", seed=9)
     second.valid, second.lengths, second.counts = first.valid, first.lengths, first.counts
     second.grad_out = first.grad_out
-    scores, _, _ = first.stored("float32")
-    d = first.device(cupy.float32)
+    scores, _, _ = stored_on_device(first, "float32")
+    d = on_device(first, cupy.float32)
+    out = cupy.empty(scores.shape, dtype=scores.dtype)
     cupy.cuda.Device().synchronize()  # the inputs were queued on the default stream
 
     def call():
         return fused.forward_backward_logits(
-            xp, d["grad_out"], scores, d["counts"], d["valid"], d["lengths"], cupy.float32
+            xp, d["grad_out"], scores, d["counts"], d["valid"], d["lengths"], cupy.float32, out=out
         )
 
     stream = cupy.cuda.Stream(non_blocking=True)
@@ -474,13 +389,12 @@ def test_capturable_in_a_cuda_graph():
         outputs = call()  # kept alive: the graph writes into these buffers
         graph = stream.end_capture()
         for problem in (first, second):
-            new_scores, _, values = problem.stored("float32")
+            new_scores, _, values = stored_on_device(problem, "float32")
             scores[...] = new_scores
             graph.launch(stream)
             stream.synchronize()
             expected = reference(problem, values)
-            for got, want in zip(outputs, expected, strict=True):
-                assert_close(host(got), want, rtol=RTOL["float32"], atol=ATOL["float32"])
+            compare(problem, outputs, expected, "float32")
 
 
 @pytest.mark.gpu
@@ -488,13 +402,13 @@ def test_capturable_in_a_cuda_graph():
 def test_falls_back_to_the_generic_kernel_above_max_classes():
     xp = _xp()
     problem = make_problem(1, 2, fused.MAX_CLASSES + 1, "none", seed=10)
-    scores, _, values = problem.stored("float32")
+    scores, _, values = stored_on_device(problem, "float32")
     assert not fused.is_supported(scores, cupy.float32)
-    d = problem.device(cupy.float32)
+    d = on_device(problem, cupy.float32)
     out = fused.forward_backward_logits(
         xp, d["grad_out"], scores, d["counts"], None, d["lengths"], cupy.float32
     )
-    assert_close(host(out[3]), reference(problem, values)[3], rtol=RTOL["float32"], atol=ATOL["float32"])
+    assert_close(host(out[4]), reference(problem, values)[4], rtol=RTOL["float32"], atol=ATOL["float32"])
 
 
 @pytest.mark.gpu
@@ -502,26 +416,16 @@ def test_falls_back_to_the_generic_kernel_above_max_classes():
 def test_bad_arguments_raise():
     xp = _xp()
     problem = make_problem(2, 3, 5, "none")
-    scores, _, _ = problem.stored("float32")
+    scores, _, _ = stored_on_device(problem, "float32")
     with pytest.raises(TypeError, match="bfloat16_bits"):
         fused.forward_logits(xp, scores, None, cupy.float32, bfloat16_bits=True)
     with pytest.raises(ValueError, match="valid"):
         fused.forward_logits(xp, scores, cupy.ones((2, 4), dtype=bool), cupy.float32)
-    step_max, step_log_sum, log_mass = fused.forward_logits(xp, scores, None, cupy.float32)
-    d = problem.device(cupy.float32)
+    statistics = fused.forward_logits(xp, scores, None, cupy.float32)
+    d = on_device(problem, cupy.float32)
+    res = residuals(statistics, None, d["lengths"])
     with pytest.raises(ValueError, match="counts"):
-        fused.backward_logits(
-            xp,
-            d["grad_out"],
-            scores,
-            d["counts"][:, :4],
-            None,
-            d["lengths"],
-            step_max,
-            step_log_sum,
-            log_mass,
-            cupy.float32,
-        )
+        fused.backward_logits(xp, d["grad_out"], scores, d["counts"][:, :4], res, cupy.float32)
 
 
 @pytest.mark.gpu
@@ -546,7 +450,7 @@ def test_more_than_two_to_the_31_elements():
     counts[0, 0], counts[1, 0], counts[1, 7000] = 5, 2, 1
     lengths = cupy.asarray([5.0, 3.0], dtype=cupy.float32)
     grad_out = cupy.ones(2, dtype=cupy.float32)
-    _, _, log_mass, grad = fused.forward_backward_logits(
+    _, _, mass_max, mass_log_sum, grad = fused.forward_backward_logits(
         xp, grad_out, scores, counts, valid, lengths, cupy.float32
     )
     small = make_problem(1, 3, classes, "none")
@@ -555,8 +459,9 @@ def test_more_than_two_to_the_31_elements():
     small.lengths = np.array([3.0])
     small.grad_out = np.array([1.0])
     expected = reference(small, small.logits)
-    assert_close(host(log_mass[1:]), expected[2], rtol=RTOL["float32"], atol=ATOL["float32"])
-    assert_close(host(grad[1, -3:])[None], expected[3], rtol=RTOL["float16"], atol=ATOL["float16"])
+    log_mass = host(mass_max[1:]) + host(mass_log_sum[1:])
+    assert_close(log_mass, expected[2] + expected[3], rtol=RTOL["float32"], atol=ATOL["float32"])
+    assert_close(host(grad[1, -3:])[None], expected[4], rtol=RTOL["float16"], atol=ATOL["float16"])
     assert int(cupy.count_nonzero(grad[1, :-3])) == 0
 
 
@@ -665,7 +570,7 @@ def test_torch_bfloat16_through_bits_on_torch_stream():
     values = tensor.float().cpu().numpy().astype(np.float64)
     # the test's own rounding gives torch's bits
     assert np.array_equal(bfloat16_bits(values).view(np.int16), cupy.asnumpy(bits))
-    d = problem.device(cupy.float32)
+    d = on_device(problem, cupy.float32)
     cupy.cuda.Device().synchronize()  # the inputs were queued on CuPy's stream
     side = torch.cuda.Stream()
     side.wait_stream(torch.cuda.current_stream())
@@ -673,7 +578,7 @@ def test_torch_bfloat16_through_bits_on_torch_stream():
         out = fused.forward_backward_logits(
             xp, d["grad_out"], bits, d["counts"], d["valid"], d["lengths"], cupy.float32, bfloat16_bits=True
         )
-        grad = torch.from_dlpack(out[3]).view(torch.bfloat16)
+        grad = torch.from_dlpack(out[4]).view(torch.bfloat16)
     side.synchronize()
     expected = reference(problem, values)
-    assert_close(grad.float().cpu().numpy(), expected[3], rtol=RTOL["bfloat16"], atol=ATOL["bfloat16"])
+    assert_close(grad.float().cpu().numpy(), expected[4], rtol=RTOL["bfloat16"], atol=ATOL["bfloat16"])

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import ace_core
-from ace_core import backend_table
+from ace_core.bench import backend_table
 
 reason = backend_table.backend("cupy").unusable_reason()
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(reason is not None, reason=str(reason))]
@@ -57,10 +57,71 @@ def test_out_buffer_and_stream():
     assert grad is out
     _, expected = ace_core.ace_loss_and_grad(scores, counts, input_lengths=lengths)
     np.testing.assert_allclose(out.get(), expected, rtol=1e-10, atol=1e-14)
-    with pytest.raises(ValueError, match="out"):
-        ace_loss_and_grad(
-            cupy.asarray(scores), cupy.asarray(counts), out=cupy.empty((B, T, C), dtype=cupy.float32)
-        )
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+def test_out_is_written_by_the_kernel_without_a_copy(monkeypatch, dtype):
+    import cupy
+
+    from ace_core.integrations import cupy as adapter
+
+    scores, counts, lengths = _problem()
+    lengths = np.array([9, 0, 4])  # an infeasible sample: its gradient is masked in place
+    counts[1] = 0
+    device_scores = cupy.asarray(scores.astype(dtype))
+    before = device_scores.copy()
+    out = cupy.full((B, T, C), 7, dtype=dtype)
+
+    def no_copy(*args, **kwargs):
+        raise AssertionError("the gradient was copied into `out`")
+
+    monkeypatch.setattr(cupy, "copyto", no_copy)
+    loss, grad = adapter.ace_loss_and_grad(
+        device_scores,
+        cupy.asarray(counts),
+        input_lengths=cupy.asarray(lengths),
+        reduction="none",
+        zero_infinity=True,
+        out=out,
+    )
+    monkeypatch.undo()
+    assert grad is out
+    want_loss, want_grad = ace_core.ace_loss_and_grad(
+        scores.astype(dtype).astype(np.float64),
+        counts,
+        input_lengths=lengths,
+        reduction="none",
+        zero_infinity=True,
+    )
+    rtol = {"float32": 1e-5, "float16": 1e-2}[dtype]
+    np.testing.assert_allclose(loss.get().astype(np.float64), want_loss, rtol=rtol, atol=1e-4)
+    np.testing.assert_allclose(out.get().astype(np.float64), want_grad, rtol=rtol, atol=1e-3)
+    assert np.all(out.get()[1] == 0)
+    assert cupy.array_equal(device_scores, before)
+
+
+def test_bad_out_buffers_raise_and_change_nothing():
+    import cupy
+
+    from ace_core.integrations.cupy import ace_loss_and_grad
+
+    scores, counts, lengths = _problem()
+    device_scores = cupy.asarray(scores)
+    cases = [
+        (ValueError, cupy.empty((B, T, C), dtype=cupy.float32)),  # dtype
+        (ValueError, cupy.empty((B, T, C + 1))),  # shape
+        (ValueError, cupy.empty((B, C, T)).transpose(0, 2, 1)),  # not C-contiguous
+        (ValueError, device_scores),  # overlaps the scores
+        (TypeError, np.empty((B, T, C))),  # on the host
+    ]
+    for error, out in cases:
+        snapshot = out.copy()
+        with pytest.raises(error, match="out|GPU"):
+            ace_loss_and_grad(
+                device_scores, cupy.asarray(counts), input_lengths=cupy.asarray(lengths), out=out
+            )
+        assert (out == snapshot).all()
+    assert np.array_equal(device_scores.get(), scores)
 
 
 def test_torch_cuda_tensors_are_viewed_without_a_copy():

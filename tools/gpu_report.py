@@ -4,9 +4,11 @@ Run it through ``tools/gpu_report.sh``, which makes the source tree importable
 without installing anything. It prints, in Markdown:
 
 1. the date, Python, the array libraries, CUDA and the GPU;
-2. the GPU tests: ``pytest tests/test_backend_cupy.py`` and the GPU variants of
-   the main suite (``-k "cupy or cuda or gpu"``); what is not installed skips;
-3. the benchmark protocol of SPEC §5 (:func:`ace_core.bench.run_protocol`) on the
+2. the GPU tests: ``pytest tests/test_backend_cupy.py``, the host run of the
+   same kernels and the ptxas resource check (``tests/test_cuda_host.py``,
+   ``tests/test_cuda_resources.py``), and the GPU variants of the main suite
+   (``-k "cupy or cuda or gpu"``); what is not installed skips;
+3. the benchmark protocol (:func:`ace_core.bench.run_protocol`) on the
    usable GPU backends (CuPy, torch CUDA, JAX GPU) at C = 37 and 7357, float32
    and bfloat16: ACE forward+backward, torch's CTC on the same GPU, the
    copy-bandwidth floor, and the peak extra GPU memory of one call.
@@ -35,6 +37,7 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 GPU_BACKENDS = ("cupy", "torch:cuda", "jax:gpu")
+KERNEL_TESTS = ("tests/test_backend_cupy.py", "tests/test_cuda_host.py", "tests/test_cuda_resources.py")
 CLASSES = (37, 7357)
 DTYPES = ("float32", "bfloat16")
 MIB = 1 << 20
@@ -53,7 +56,7 @@ def _first_line(error: BaseException) -> str:
 
 
 def _version(module: str) -> str:
-    from ace_core.backend_table import library_version
+    from ace_core.bench.backend_table import library_version
 
     found = library_version(
         module, ("cupy-cuda13x", "cupy-cuda12x", "cupy-cuda11x") if module == "cupy" else ()
@@ -145,7 +148,7 @@ def _ace_core_version() -> str:
 
 def gpu_backends() -> tuple[list[str], list[str]]:
     """(usable GPU backend names, 'name: why not' for the others)."""
-    from ace_core.backend_table import backend
+    from ace_core.bench.backend_table import backend
 
     usable, missing = [], []
     for name in GPU_BACKENDS:
@@ -167,15 +170,19 @@ def run_tests(has_gpu: bool, timeout: float) -> bool:
         return True
     # -P (PYTHONSAFEPATH): the checkout's ace_core/ must not shadow the import root of gpu_report.sh.
     base = [sys.executable, "-P", "-m", "pytest", "-q", "-p", "no:cacheprovider", "-rs"]
+    # The kernels on a GPU, then the same kernel source run on the host (g++) and ptxas' resource
+    # check (nvcc): these two skip where the compiler is missing.
+    kernel_tests = list(KERNEL_TESTS)
     if importlib.util.find_spec("hypothesis") is None:
         # tests/conftest.py needs hypothesis; the CuPy kernel tests do not use its fixtures.
-        _say("hypothesis is not installed: running tests/test_backend_cupy.py without tests/conftest.py;")
+        _say(f"hypothesis is not installed: running {' '.join(kernel_tests)} without tests/conftest.py;")
         _say("the main suite's GPU variants need it and are not run.")
-        runs = [base + ["--noconftest", "tests/test_backend_cupy.py"]]
+        runs = [base + ["--noconftest", *kernel_tests]]
     else:
-        runs = [base + ["tests/test_backend_cupy.py"]]
+        runs = [base + kernel_tests]
         if has_gpu:
-            runs.append(base + ["tests", "-k", "cupy or cuda or gpu", "--ignore=tests/test_backend_cupy.py"])
+            ignored = [f"--ignore={path}" for path in kernel_tests]
+            runs.append(base + ["tests", "-k", "cupy or cuda or gpu", *ignored])
         else:
             _say("no GPU: the main suite's GPU variants are not run (they would all skip).")
     passed = True
@@ -196,7 +203,7 @@ def run_tests(has_gpu: bool, timeout: float) -> bool:
 # --------------------------------------------------------------------------- memory
 
 
-# Measured by ace_core.bench for every record (ace_core._bench_memory): peak_bytes, peak_how.
+# Measured by ace_core.bench for every record (ace_core.bench.memory): peak_bytes, peak_how.
 
 
 # --------------------------------------------------------------------------- benchmark
@@ -204,8 +211,8 @@ def run_tests(has_gpu: bool, timeout: float) -> bool:
 
 def run_benchmarks(names: list[str], quick: bool) -> list[dict[str, Any]]:
     """The protocol for every usable GPU backend, dtype and C; one dict per row."""
-    from ace_core.backend_table import backend
     from ace_core.bench import DEFAULT_MIN_TIME_S, DEFAULT_REPEAT, run_protocol
+    from ace_core.bench.backend_table import backend
 
     repeat, min_time_s = (3, 0.0) if quick else (DEFAULT_REPEAT, DEFAULT_MIN_TIME_S)
     rows: list[dict[str, Any]] = []

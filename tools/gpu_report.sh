@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The GPU check of ace_core from a source checkout, installing nothing: versions, the GPU tests and
+# The GPU check of ace_core from a source checkout, installing nothing: versions, the GPU tests (with
+# the host run of the CUDA kernels and their ptxas resource check, which need only g++ and nvcc) and
 # the GPU benchmark table (tools/gpu_report.py; its options pass through, see --help).
 #
 #   bash tools/gpu_report.sh                 # everything; the table also goes to $OUT if set
