@@ -22,24 +22,69 @@ __all__ = [
     "is_lazy",
     "is_floating",
     "is_integer",
+    "library_of",
     "to_numpy",
 ]
 
 
-def arrays_namespace(*arrays: Any, xp: ArrayNamespace | None = None) -> ArrayNamespace:
+def arrays_namespace(
+    *arrays: Any, xp: ArrayNamespace | None = None, names: Sequence[str] | None = None
+) -> ArrayNamespace:
     """The namespace of ``arrays`` (``None`` entries and Python scalars ignored).
 
-    Raises ``TypeError`` when the arrays come from two libraries, also when
-    ``xp`` is given: ACE never copies an array to another library or to the
-    host behind the caller's back.
+    Raises ``TypeError`` naming the argument (``names``, in the order of
+    ``arrays``) that is not an array of a supported library, or that comes
+    from another library than the others or than ``xp``: ACE never copies an
+    array to another library or to the host behind the caller's back.
     """
-    present = [a for a in arrays if a is not None and not isinstance(a, (numbers.Number, list, tuple))]
-    found = array_api_compat.array_namespace(*present) if present else None
+    if names is None:
+        names = [f"argument {i}" for i in range(len(arrays))]
+    present = [
+        (name, a)
+        for name, a in zip(names, arrays, strict=True)
+        if a is not None and not isinstance(a, (numbers.Number, list, tuple))
+    ]
+    try:
+        found = array_api_compat.array_namespace(*(a for _, a in present)) if present else None
+    except TypeError:
+        _raise_mixed(present)
+        raise
     if xp is not None:
+        if found is not None and library_of(found) != library_of(xp):
+            name = present[0][0]
+            raise TypeError(
+                f"`{name}` is a {library_of(found)} array but `xp` is the {library_of(xp)} namespace; "
+                "ACE never converts arrays between libraries"
+            )
         return xp
     if found is None:
+        if arrays and names:
+            raise TypeError(f"`{names[0]}` must be an array, got {type(arrays[0]).__name__}")
         raise TypeError("no array given")
     return found
+
+
+def library_of(xp: Any) -> str:
+    """The library of a namespace: ``array_api_compat.torch`` and ``torch`` are both "torch"."""
+    name = getattr(xp, "__name__", type(xp).__name__)
+    return name.removeprefix("array_api_compat.").split(".")[0]
+
+
+def _raise_mixed(present: Sequence[tuple[str, Any]]) -> None:
+    """Name the argument that is no array, or the first one from a second library."""
+    first: tuple[str, str] | None = None
+    for name, array in present:
+        try:
+            library = library_of(array_api_compat.array_namespace(array))
+        except TypeError:
+            raise TypeError(f"`{name}` must be an array, got {type(array).__name__}") from None
+        if first is None:
+            first = (name, library)
+        elif library != first[1]:
+            raise TypeError(
+                f"`{name}` is a {library} array but `{first[0]}` is a {first[1]} array; "
+                "ACE never converts arrays between libraries"
+            )
 
 
 def common_device(names: Sequence[str], arrays: Sequence[Array]) -> Device:

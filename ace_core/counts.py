@@ -11,36 +11,47 @@ from typing import Any
 
 import array_api_extra as xpx
 
-from ._inputs import as_index_array, first_bad_sample, is_array
-from ._namespace import arrays_namespace, common_device, is_integer, is_lazy
+from ._inputs import (
+    check_class_index,
+    check_non_negative,
+    check_num_classes,
+    first_bad_sample,
+    index_array,
+    is_array,
+    require_array,
+    sample_message,
+)
+from ._namespace import arrays_namespace, common_device, is_floating, is_integer, is_lazy
 from ._typing import Array, ArrayNamespace
 
 __all__ = ["counts_from_targets", "counts_with_background"]
 
 
-def _lengths_array(value: Any, name: str, batch: int, xp: ArrayNamespace, device: Any) -> Array:
-    array = as_index_array(value, name, batch, xp, device)
-    if not is_integer(xp, array.dtype):
-        raise TypeError(f"`{name}` must be integers, got dtype {array.dtype}")
-    if array.ndim != 1 or array.shape[0] != batch:
-        raise ValueError(f"`{name}` must have shape (B,) = ({batch},), got {tuple(array.shape)}")
-    return array
+def _signed_integers(xp: ArrayNamespace, values: Array, name: str, device: Any) -> Array:
+    """Integer ``values`` (unsigned ones converted without wrap-around); ``TypeError`` otherwise."""
+    require_array(values, name)
+    if not is_integer(xp, values.dtype):
+        raise TypeError(f"`{name}` must be integers, got dtype {values.dtype}")
+    if xp.isdtype(values.dtype, "unsigned integer"):
+        flat = xp.reshape(values, (-1,))
+        return xp.reshape(index_array(flat, name, xp, device), values.shape)
+    return values
 
 
 def _padded_layout(
-    xp: ArrayNamespace, targets: Array, target_lengths: Array | None, device: Any
+    xp: ArrayNamespace, targets: Array, target_lengths: Any, device: Any
 ) -> tuple[Array, Array, int]:
     """``(targets (B, S), valid positions (B, S), B)`` for padded or concatenated targets."""
     if targets.ndim == 2:
         batch, width = targets.shape
         if target_lengths is None:
             return targets, xp.ones((batch, width), dtype=xp.bool, device=device), batch
-        lengths = _lengths_array(target_lengths, "target_lengths", batch, xp, device)
+        lengths = index_array(target_lengths, "target_lengths", xp, device, batch=batch)
         if not is_lazy(lengths):
             found = first_bad_sample(xp, (lengths < 0) | (lengths > width))
             if found is not None:
                 raise ValueError(
-                    f"`target_lengths` must lie in [0, S={width}]; sample {found[0]} has "
+                    f"`target_lengths` must lie in [0, S={width}]; {sample_message(found)} has "
                     f"{int(lengths[found[0]])}"
                 )
         positions = xp.arange(width, dtype=lengths.dtype, device=device)
@@ -48,17 +59,18 @@ def _padded_layout(
     if targets.ndim == 1:
         if target_lengths is None:
             raise ValueError("concatenated 1D `targets` need `target_lengths`")
-        lengths = as_index_array(target_lengths, "target_lengths", None, xp, device)
-        if not is_integer(xp, lengths.dtype):
-            raise TypeError(f"`target_lengths` must be integers, got dtype {lengths.dtype}")
-        if lengths.ndim != 1:
-            raise ValueError(f"`target_lengths` must have shape (B,), got {tuple(lengths.shape)}")
+        lengths = index_array(target_lengths, "target_lengths", xp, device)
         batch = lengths.shape[0]
         if not is_lazy(lengths, targets):
-            if bool(xp.any(lengths < 0)) or int(xp.sum(lengths)) != targets.shape[0]:
+            found = first_bad_sample(xp, lengths < 0)
+            if found is not None:
+                raise ValueError(
+                    f"`target_lengths` must be >= 0; {sample_message(found)} has {int(lengths[found[0]])}"
+                )
+            if int(xp.sum(lengths)) != targets.shape[0]:
                 raise ValueError(
                     f"concatenated `targets` have {targets.shape[0]} entries but `target_lengths` "
-                    f"sum to {int(xp.sum(lengths))} (and must be >= 0)"
+                    f"sum to {int(xp.sum(lengths))}"
                 )
         ends = xp.cumulative_sum(lengths)
         position = xp.arange(targets.shape[0], dtype=ends.dtype, device=device)
@@ -90,7 +102,8 @@ def counts_from_targets(
     ----------
     targets : int array, shape (B, S) or (sum of target_lengths,)
         Padded targets (as for ``torch.nn.functional.ctc_loss``) or all labels
-        concatenated. Padding beyond ``target_lengths`` is ignored.
+        concatenated. Padding beyond ``target_lengths`` is ignored. Unsigned
+        integers are converted to signed ones, never wrapped around.
     target_lengths : int, sequence or array of shape (B,), optional
         ``|S_b|``; required for concatenated targets. Padded targets without
         it count every entry.
@@ -115,7 +128,10 @@ def counts_from_targets(
     ------
     ValueError
         A target equal to ``blank`` or outside ``[0, C)`` (naming the sample),
-        bad shapes or lengths.
+        bad shapes or lengths, ``blank`` outside ``[0, C)``.
+    TypeError
+        Non-integer targets or lengths (Python floats included), a missing
+        ``input_lengths``, a ``blank`` or ``num_classes`` that is not an int.
 
     Examples
     --------
@@ -124,17 +140,16 @@ def counts_from_targets(
     >>> counts_from_targets(np.array([[3, 1, 3, 0]]), [3], num_classes=4, input_lengths=[6])
     array([[3, 1, 0, 2]])
     """
-    xp = arrays_namespace(targets, target_lengths, input_lengths, xp=xp)
-    device = common_device(
-        ("targets", "target_lengths", "input_lengths"),
-        [v if is_array(v) else None for v in (targets, target_lengths, input_lengths)],
-    )
-    if not is_integer(xp, targets.dtype):
-        raise TypeError(f"`targets` must be integers, got dtype {targets.dtype}")
-    if not 0 <= blank < num_classes:
-        raise ValueError(f"`blank` must lie in [0, num_classes={num_classes}), got {blank}")
+    names = ("targets", "target_lengths", "input_lengths")
+    values = (targets, target_lengths, input_lengths)
+    xp = arrays_namespace(*values, xp=xp, names=names)
+    device = common_device(names, [v if is_array(v) else None for v in values])
+    num_classes = check_num_classes(num_classes)
+    blank = check_class_index(blank, "blank", num_classes)
+    targets = _signed_integers(xp, targets, "targets", device)
     padded, inside, batch = _padded_layout(xp, targets, target_lengths, device)
-    steps = _lengths_array(input_lengths, "input_lengths", batch, xp, device)
+    steps = index_array(input_lengths, "input_lengths", xp, device, batch=batch, required=True)
+    check_non_negative(xp, steps, "input_lengths")
     if not is_lazy(padded, inside):
         _check_target_values(xp, padded, inside, num_classes, blank)
     # Entries outside a label are sent to the blank column and then overwritten.
@@ -180,8 +195,9 @@ def counts_with_background(
     Parameters
     ----------
     object_counts : int array, shape (B, C)
-        How many objects of each class each image holds; the ``background``
-        column is ignored and replaced.
+        How many objects of each class each image holds (whole numbers >= 0;
+        unsigned integers are converted to signed); the ``background`` column
+        is ignored and replaced.
     input_lengths : int, sequence or array of shape (B,)
         ``T_b``, the cells of each sample's map (H·W for a full map).
     background : int
@@ -194,6 +210,14 @@ def counts_with_background(
         Rows sum to ``T_b``; a negative background entry means more objects
         than cells, which :func:`ace_loss` rejects.
 
+    Raises
+    ------
+    ValueError
+        A negative or fractional object count (naming the sample, where
+        values can be checked), bad shapes, ``background`` outside ``[0, C)``.
+    TypeError
+        Non-numeric counts, lengths that are not integers.
+
     Examples
     --------
     >>> import numpy as np
@@ -201,18 +225,36 @@ def counts_with_background(
     >>> counts_with_background(np.array([[0, 2, 5]]), input_lengths=16)
     array([[9, 2, 5]])
     """
-    xp = arrays_namespace(object_counts, input_lengths, xp=xp)
-    device = common_device(
-        ("object_counts", "input_lengths"),
-        [v if is_array(v) else None for v in (object_counts, input_lengths)],
-    )
+    names = ("object_counts", "input_lengths")
+    xp = arrays_namespace(object_counts, input_lengths, xp=xp, names=names)
+    device = common_device(names, [v if is_array(v) else None for v in (object_counts, input_lengths)])
+    require_array(object_counts, "object_counts")
     if object_counts.ndim != 2:
         raise ValueError(f"`object_counts` must have shape (B, C), got {tuple(object_counts.shape)}")
     batch, classes = object_counts.shape
-    if not 0 <= background < classes:
-        raise ValueError(f"`background` must lie in [0, C={classes}), got {background}")
-    steps = _lengths_array(input_lengths, "input_lengths", batch, xp, device)
+    background = check_class_index(background, "background", classes)
+    if is_floating(xp, object_counts.dtype):
+        objects_in = object_counts
+    else:
+        objects_in = _signed_integers(xp, object_counts, "object_counts", device)
+    steps = index_array(input_lengths, "input_lengths", xp, device, batch=batch, required=True)
+    check_non_negative(xp, steps, "input_lengths")
     is_background = xp.arange(classes, device=device) == background
-    objects = xp.where(is_background[None, :], 0, object_counts)
+    objects = xp.where(is_background[None, :], xp.zeros_like(objects_in), objects_in)
+    if not is_lazy(objects, steps):
+        _check_object_counts(xp, objects)
     rest = xp.astype(steps, objects.dtype) - xp.sum(objects, axis=1)
     return xp.where(is_background[None, :], rest[:, None], objects)
+
+
+def _check_object_counts(xp: ArrayNamespace, objects: Array) -> None:
+    found = first_bad_sample(xp, xp.any(objects < 0, axis=1))
+    if found is not None:
+        raise ValueError(f"`object_counts` of {sample_message(found)} hold a negative count")
+    if is_floating(xp, objects.dtype):
+        found = first_bad_sample(xp, xp.any((xp.floor(objects) != objects) | xp.isinf(objects), axis=1))
+        if found is not None:
+            raise ValueError(
+                f"`object_counts` must hold whole numbers; {sample_message(found)} has a fractional "
+                "(or non-finite) count"
+            )

@@ -37,7 +37,7 @@ def edit_distance(prediction: Label, reference: Label) -> int:
     >>> edit_distance("kitten", "sitting")
     3
     """
-    a, b = list(prediction), list(reference)
+    a, b = _as_list(prediction, "prediction"), _as_list(reference, "reference")
     previous = list(range(len(b) + 1))
     for i, x in enumerate(a, start=1):
         current = [i]
@@ -47,7 +47,17 @@ def edit_distance(prediction: Label, reference: Label) -> int:
     return previous[-1]
 
 
+def _as_list(label: Label, name: str) -> list:
+    try:
+        return list(label)
+    except TypeError:
+        raise TypeError(f"`{name}` must be a sequence of labels, got {type(label).__name__}") from None
+
+
 def _check_pairs(predictions: Sequence[Label], references: Sequence[Label]) -> None:
+    for name, value in (("predictions", predictions), ("references", references)):
+        if isinstance(value, (str, bytes)) or not hasattr(value, "__len__"):
+            raise TypeError(f"`{name}` must be a sequence of label sequences, got {type(value).__name__}")
     if len(predictions) != len(references):
         raise ValueError(
             f"{len(predictions)} predictions but {len(references)} references; give one of each per sample"
@@ -122,7 +132,14 @@ def counting_errors(predicted: Array, true: Array, *, classes: Sequence[int] | N
     predicted, true : arrays of shape (n, C)
         Counts per image and class (e.g. from :func:`decode_counts`).
     classes : sequence of int, optional
-        Columns to score (e.g. all but the background); all by default.
+        Columns to score (e.g. all but the background), in ``[0, C)``; all by default.
+
+    Raises
+    ------
+    ValueError
+        Shapes that differ or are not ``(n >= 1, C)``, ``classes`` outside ``[0, C)`` or empty.
+    TypeError
+        Non-numeric counts, ``classes`` that are not ints.
 
     Examples
     --------
@@ -132,15 +149,40 @@ def counting_errors(predicted: Array, true: Array, *, classes: Sequence[int] | N
     >>> errors.rmse.round(4).tolist(), round(errors.mean_rel_rmse, 4)
     ([0.0, 0.7071], 0.1768)
     """
-    p = np.asarray(to_numpy(predicted), dtype=np.float64)
-    t = np.asarray(to_numpy(true), dtype=np.float64)
+    p, t = _counts_on_host(predicted, "predicted"), _counts_on_host(true, "true")
     if p.shape != t.shape or p.ndim != 2 or p.shape[0] == 0:
         raise ValueError(
             f"`predicted` and `true` must share a shape (n >= 1, C), got {p.shape} and {t.shape}"
         )
     if classes is not None:
-        p, t = p[:, list(classes)], t[:, list(classes)]
+        columns = _class_columns(classes, p.shape[1])
+        p, t = p[:, columns], t[:, columns]
     squared = (p - t) ** 2
     rmse = np.sqrt(squared.mean(axis=0))
     rel_rmse = np.sqrt((squared / (t + 1.0)).mean(axis=0))
     return CountingErrors(rmse, rel_rmse, float(rmse.mean()), float(rel_rmse.mean()))
+
+
+def _counts_on_host(counts: Array, name: str) -> np.ndarray:
+    try:
+        host = np.asarray(to_numpy(counts))
+    except (TypeError, ValueError) as error:
+        raise TypeError(f"`{name}` must be an array of counts: {error}") from None
+    if not (np.issubdtype(host.dtype, np.integer) or np.issubdtype(host.dtype, np.floating)):
+        raise TypeError(f"`{name}` must hold integer or floating counts, got dtype {host.dtype}")
+    return host.astype(np.float64)
+
+
+def _class_columns(classes: Sequence[int], width: int) -> list[int]:
+    """``classes`` as column indices in ``[0, C)``; ``TypeError``/``ValueError`` naming ``classes``."""
+    if isinstance(classes, (str, bytes)) or not hasattr(classes, "__iter__"):
+        raise TypeError(f"`classes` must be a sequence of ints, got {type(classes).__name__}")
+    columns = list(classes)
+    for index in columns:
+        if isinstance(index, (bool, np.bool_)) or not isinstance(index, (int, np.integer)):
+            raise TypeError(f"`classes` must hold ints, got {index!r} ({type(index).__name__})")
+        if not 0 <= index < width:
+            raise ValueError(f"`classes` must lie in [0, C={width}), got {int(index)}")
+    if not columns:
+        raise ValueError("`classes` is empty; give at least one column to score")
+    return [int(index) for index in columns]

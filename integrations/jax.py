@@ -34,6 +34,7 @@ from jax.typing import ArrayLike
 
 import ace_core
 from ace_core import ACEResiduals
+from ace_core._inputs import check_class_index, prepare_scores
 
 __all__ = ["ace_loss", "ace_loss_from_counts", "ctc_with_ace_loss"]
 
@@ -102,14 +103,25 @@ def _per_sample_bwd(
 _per_sample.defvjp(_per_sample_fwd, _per_sample_bwd)
 
 
-def _lengths_array(input_lengths: Any, batch: int) -> jax.Array | None:
-    """Python ints and lists become a ``(B,)`` integer array: custom_vjp arguments must be arrays."""
-    if input_lengths is None:
+def _as_jax(value: Any, name: str) -> jax.Array | None:
+    """Array-likes (NumPy arrays, Python ints and lists too) as JAX arrays: custom_vjp takes arrays.
+
+    The core then checks them as for any other call (dtype, shape, values; a
+    0-d length is one value for every sample).
+    """
+    if value is None:
         return None
-    lengths = jnp.asarray(input_lengths)
-    if lengths.ndim == 0:
-        lengths = jnp.broadcast_to(lengths, (batch,))
-    return lengths
+    try:
+        return jnp.asarray(value)
+    except OverflowError as error:
+        raise ValueError(f"`{name}` holds a value too large for JAX: {error}") from None
+    except (TypeError, ValueError) as error:
+        raise TypeError(f"`{name}` must be an array-like of numbers: {error}") from None
+
+
+def _empty_batch(scores: jax.Array) -> jax.Array:
+    """The loss of a batch of no samples, shape (0,), as ``optax.ctc_loss`` returns it."""
+    return jnp.zeros((0,), dtype=scores.dtype)
 
 
 def ace_loss_from_counts(
@@ -163,9 +175,10 @@ def ace_loss_from_counts(
     1.098612
     """
     # ArrayLike in (NumPy arrays too): the core refuses arrays of two libraries.
-    scores, counts = jnp.asarray(scores), jnp.asarray(counts)
-    mask = None if mask is None else jnp.asarray(mask)
-    lengths = _lengths_array(input_lengths, scores.shape[0])
+    scores, counts = _as_jax(scores, "scores"), _as_jax(counts, "counts")
+    mask, lengths = _as_jax(mask, "mask"), _as_jax(input_lengths, "input_lengths")
+    if scores.ndim in (3, 4) and scores.shape[0] == 0 and counts.shape[:1] == (0,):
+        return _empty_batch(scores)
     return _per_sample(from_logits, zero_infinity, scores, jax.lax.stop_gradient(counts), lengths, mask)
 
 
@@ -241,14 +254,26 @@ def ace_loss(
     """
     # ArrayLike in (NumPy arrays too, as optax takes them): the core refuses mixed libraries.
     logits, logit_paddings, labels, label_paddings = (
-        jnp.asarray(x) for x in (logits, logit_paddings, labels, label_paddings)
+        _as_jax(x, name)
+        for x, name in (
+            (logits, "logits"),
+            (logit_paddings, "logit_paddings"),
+            (labels, "labels"),
+            (label_paddings, "label_paddings"),
+        )
     )
     _check_optax_shapes(logits, logit_paddings, labels, label_paddings)
     classes = logits.shape[-1]
+    blank_id = check_class_index(blank_id, "blank_id", classes)
+    if not jnp.issubdtype(labels.dtype, jnp.integer):
+        raise TypeError(f"`labels` must be integers, got dtype {labels.dtype}")
+    if logits.shape[0] == 0:
+        return _empty_batch(logits)
     # Paddings are 0.0/1.0 floats; a threshold rather than == 0 so that rounding does not matter.
     valid_steps = logit_paddings < 0.5
     valid_labels = label_paddings < 0.5
-    input_lengths = jnp.sum(valid_steps, axis=1, dtype=jnp.int32)
+    # T_b as the core counts it (the valid steps of the mask), checked there.
+    input_lengths = prepare_scores(logits, mask=valid_steps, xp=jnp).lengths.astype(jnp.int32)
     label_lengths = jnp.sum(valid_labels, axis=1, dtype=jnp.int32)
     # counts_from_targets reads the first |S_b| entries: move valid labels to the
     # front (a stable sort keeps their order), so that any padding pattern works.
@@ -290,3 +315,38 @@ def ctc_with_ace_loss(
         logits, logit_paddings, labels, label_paddings, blank_id=blank_id, zero_infinity=zero_infinity
     )
     return ctc + ace_weight * ace
+
+
+# --------------------------------------------------------------------------- the blank-prior start
+
+
+def init_blank_bias(bias: jax.Array, value: float, *, blank: int = 0) -> jax.Array:
+    """An output layer's bias started at the labels' class mix: ``value`` for the blank, 0 elsewhere.
+
+    ``value`` comes from :func:`ace_core.blank_prior_bias`. JAX arrays are
+    immutable, so this returns a new bias to put back into the parameters, e.g.
+    for a flax ``nn.Dense`` head::
+
+        params["head"]["bias"] = init_blank_bias(params["head"]["bias"], ace_core.blank_prior_bias(...))
+
+    Parameters
+    ----------
+    bias : jax.Array, shape (C,)
+        The current bias (its shape, dtype and device are kept).
+    value : float
+    blank : int
+
+    Returns
+    -------
+    jax.Array, shape (C,)
+    """
+    if not hasattr(bias, "ndim") or bias.ndim != 1:
+        raise ValueError(f"`bias` must have shape (C,), got {getattr(bias, 'shape', type(bias).__name__)}")
+    if isinstance(blank, bool) or not isinstance(blank, int) or not 0 <= blank < bias.shape[0]:
+        raise ValueError(f"`blank` must be a class index in [0, {bias.shape[0]}), got {blank!r}")
+    if not abs(float(value)) < float("inf"):  # NaN fails too
+        raise ValueError(f"`value` must be finite, got {value!r}")
+    return jnp.zeros_like(bias).at[blank].set(value)
+
+
+__all__ += ["init_blank_bias"]

@@ -5,11 +5,15 @@ Every backend-generic test takes the ``xp`` fixture (the array namespace) or
 are parametrized over numpy, array_api_strict, torch, jax (CPU) and cupy,
 torch:cuda, jax:gpu (GPU, marked ``gpu``); unavailable ones are skipped with
 the reason. ``ACE_TEST_BACKENDS=numpy,torch`` restricts the list.
+
+Hypothesis profiles (``_fuzz.py``): ``CI=1`` or ``ACE_HYPOTHESIS_PROFILE=ci``
+replays derandomized examples; the default ``dev`` draws new ones each run;
+``ACE_HYPOTHESIS_PROFILE=fuzz`` (with ``ACE_FUZZ_FACTOR``, default 40) runs many
+more with random seeds and no deadline.
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from types import ModuleType
 from typing import Any
@@ -17,14 +21,13 @@ from typing import Any
 import numpy as np
 import pytest
 from _backends import Backend, backend_params, load_backend
+from _fuzz import load_profile
 from _helpers import MAX_ERRORS
-from hypothesis import settings
 
 # CI replays the same examples every run (a red CI must mean a change broke
-# something); local runs keep exploring new ones.
-settings.register_profile("ci", derandomize=True, print_blob=True)
-if os.environ.get("CI"):
-    settings.load_profile("ci")
+# something); local runs keep exploring new ones; ACE_HYPOTHESIS_PROFILE=fuzz
+# runs many more (see _fuzz.py).
+load_profile()
 
 
 @pytest.fixture(params=backend_params())

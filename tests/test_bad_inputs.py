@@ -208,6 +208,270 @@ def _bad_cases(be) -> dict[str, BadCall]:
     add("targets_float", cft, (a(padded.astype(np.float64)),), TypeError, "targets", **keep)
     add("target_lengths_above_S", cft, (a(padded), [2, 4, 3]), ValueError, "target_lengths", **keep)
     add("decode_order_unknown", ace_core.decode_greedy, (s,), ValueError, "order", order="diagonal")
+
+    # Lengths in the forms a caller may try: refused with the argument named, never an IndexError.
+    for name, function in (
+        ("loss", loss),
+        ("loss_and_grad", ace_core.ace_loss_and_grad),
+        ("forward", ace_core.ace_forward),
+        ("regression", ace_core.regression_ace_loss),
+    ):
+        add(
+            f"{name}_input_lengths_python_float",
+            function,
+            (s, c),
+            TypeError,
+            "input_lengths",
+            input_lengths=4.0,
+        )
+        add(
+            f"{name}_input_lengths_float_list",
+            function,
+            (s, c),
+            TypeError,
+            "input_lengths",
+            input_lengths=[4.0, 4.0, 4.0],
+        )
+        add(
+            f"{name}_input_lengths_shape_1_by_B",
+            function,
+            (s, c),
+            ValueError,
+            "input_lengths",
+            input_lengths=a(np.array([[4, 4, 4]])),
+        )
+    add("input_lengths_bool", loss, (s, c), TypeError, "input_lengths", input_lengths=True)
+    add("input_lengths_string", loss, (s, c), TypeError, "input_lengths", input_lengths="4")
+    add("scores_list", loss, (scores.tolist(), c), TypeError, "scores")
+    add("counts_list", loss, (s, counts.tolist()), TypeError, "counts")
+    add("zero_infinity_not_bool", loss, (s, c), TypeError, "zero_infinity", zero_infinity="yes")
+    for name, function in (
+        ("decode_greedy", ace_core.decode_greedy),
+        ("decode_counts", ace_core.decode_counts),
+    ):
+        add(
+            f"{name}_input_lengths_python_float",
+            function,
+            (s,),
+            TypeError,
+            "input_lengths",
+            input_lengths=4.0,
+        )
+        add(
+            f"{name}_input_lengths_shape_1_by_B",
+            function,
+            (s,),
+            ValueError,
+            "input_lengths",
+            input_lengths=a(np.array([[4, 4, 4]])),
+        )
+        add(
+            f"{name}_input_lengths_above_T",
+            function,
+            (s,),
+            ValueError,
+            r"sample 1\b",
+            input_lengths=[4, 5, 4],
+        )
+    add(
+        "cft_input_lengths_python_float",
+        cft,
+        (a(padded),),
+        TypeError,
+        "input_lengths",
+        num_classes=CLASSES,
+        input_lengths=4.0,
+    )
+    add(
+        "cft_input_lengths_missing",
+        cft,
+        (a(padded),),
+        TypeError,
+        "input_lengths",
+        num_classes=CLASSES,
+        input_lengths=None,
+    )
+    add(
+        "cft_input_lengths_negative",
+        cft,
+        (a(np.array([[1, 2], [3, 1], [2, 2]])),),
+        ValueError,
+        r"sample 1\b",
+        num_classes=CLASSES,
+        input_lengths=[4, -1, 4],
+    )
+    add("cft_target_lengths_python_float", cft, (a(padded), 2.0), TypeError, "target_lengths", **keep)
+    add(
+        "cft_blank_float",
+        cft,
+        (a(np.array([[1, 2], [3, 1], [2, 2]])),),
+        TypeError,
+        "blank",
+        blank=0.0,
+        **keep,
+    )
+    add(
+        "cft_blank_out_of_range",
+        cft,
+        (a(np.array([[1, 2], [3, 1], [2, 2]])),),
+        ValueError,
+        "blank",
+        blank=4,
+        **keep,
+    )
+    add(
+        "cft_num_classes_float", cft, (a(padded),), TypeError, "num_classes", num_classes=4.0, input_lengths=4
+    )
+    objects = np.array([[0, 1, 2, 0], [0, -1, 1, 1], [0, 2, 0, 0]])
+    cwb = ace_core.counts_with_background
+    add("cwb_negative_object_count", cwb, (a(objects),), ValueError, r"sample 1\b", input_lengths=STEPS)
+    add(
+        "cwb_fractional_object_count",
+        cwb,
+        (a(np.array([[0, 1, 2, 0], [0, 0.5, 1, 1], [0, 2, 0, 0]])),),
+        ValueError,
+        r"sample 1\b",
+        input_lengths=STEPS,
+    )
+    add(
+        "cwb_input_lengths_python_float",
+        cwb,
+        (a(np.abs(objects)),),
+        TypeError,
+        "input_lengths",
+        input_lengths=4.0,
+    )
+    add(
+        "cwb_input_lengths_negative",
+        cwb,
+        (a(np.abs(objects)),),
+        ValueError,
+        r"sample 1\b",
+        input_lengths=[4, -1, 4],
+    )
+    add(
+        "cwb_background_float",
+        cwb,
+        (a(np.abs(objects)),),
+        TypeError,
+        "background",
+        input_lengths=STEPS,
+        background=0.0,
+    )
+    add("cwb_bool_object_counts", cwb, (a(objects > 0),), TypeError, "object_counts", input_lengths=STEPS)
+
+    # The halves of the loss.
+    forward = ace_core.ace_forward(s, c)[1]
+    back = ace_core.ace_backward
+    add("backward_residuals_none", back, (a(np.ones(BATCH)), s, c, None), TypeError, "residuals")
+    add(
+        "backward_residuals_other_batch",
+        back,
+        (a(np.ones(BATCH)), s, c, ace_core.ace_forward(a(scores[:2]), a(counts[:2]))[1]),
+        ValueError,
+        "residuals",
+    )
+    add(
+        "backward_grad_output_wrong_length",
+        back,
+        (a(np.ones(BATCH + 2)), s, c, forward),
+        ValueError,
+        "grad_output",
+    )
+    add("backward_grad_output_2d", back, (a(np.ones((BATCH, 1))), s, c, forward), ValueError, "grad_output")
+    add(
+        "backward_integer_scores",
+        back,
+        (a(np.ones(BATCH)), a(np.zeros((BATCH, STEPS, CLASSES), dtype=np.int64)), c, forward),
+        TypeError,
+        "scores",
+    )
+    add(
+        "backward_from_logits_not_bool",
+        back,
+        (a(np.ones(BATCH)), s, c, forward),
+        TypeError,
+        "from_logits",
+        from_logits="no",
+    )
+
+    # Values the regression loss and the floor used to accept.
+    negative = counts.copy()
+    negative[1, 0] += 1
+    negative[1, 2] -= 1
+    add(
+        "regression_counts_negative",
+        ace_core.regression_ace_loss,
+        (s, a(negative)),
+        ValueError,
+        r"sample 1\b",
+    )
+    wrong_sum = counts.copy()
+    wrong_sum[1, 0] += 1
+    add(
+        "regression_counts_sum_not_T_b",
+        ace_core.regression_ace_loss,
+        (s, a(wrong_sum)),
+        ValueError,
+        r"sample 1\b",
+    )
+    add(
+        "regression_and_grad_counts_negative",
+        ace_core.regression_ace_loss_and_grad,
+        (s, a(negative)),
+        ValueError,
+        r"sample 1\b",
+    )
+    floor = ace_core.entropy_floor
+    add("entropy_floor_negative", floor, (a(negative),), ValueError, r"sample 1\b")
+    with_nan = counts.astype(np.float64)
+    with_nan[1, 1] = np.nan
+    add("entropy_floor_nan", floor, (a(with_nan),), ValueError, r"sample 1\b")
+    with_inf = counts.astype(np.float64)
+    with_inf[1, 1] = np.inf
+    add("entropy_floor_inf", floor, (a(with_inf),), ValueError, r"sample 1\b")
+    add("entropy_floor_bool", floor, (a(counts > 0),), TypeError, "counts")
+    add("entropy_floor_rank_1", floor, (a(counts[0]),), ValueError, "counts")
+
+    # Decoders.
+    add("decode_greedy_blank_out_of_range", ace_core.decode_greedy, (s,), ValueError, "blank", blank=9)
+    add("decode_greedy_blank_float", ace_core.decode_greedy, (s,), TypeError, "blank", blank=0.0)
+    add(
+        "decode_greedy_collapse_not_bool",
+        ace_core.decode_greedy,
+        (s,),
+        TypeError,
+        "collapse_repeats",
+        collapse_repeats="no",
+    )
+    nan_scores = scores.copy()
+    nan_scores[1, 2, 3] = np.nan
+    add("decode_counts_nan_scores", ace_core.decode_counts, (a(nan_scores),), ValueError, r"sample 1\b")
+    inf_probabilities = np.full((BATCH, STEPS, CLASSES), 0.25)
+    inf_probabilities[1, 0, 0] = np.inf
+    add(
+        "decode_counts_inf_probabilities",
+        ace_core.decode_counts,
+        (a(inf_probabilities),),
+        ValueError,
+        r"sample 1\b",
+        from_logits=False,
+    )
+    add(
+        "decode_greedy_integer_scores",
+        ace_core.decode_greedy,
+        (a(np.zeros((BATCH, STEPS, CLASSES), dtype=np.int64)),),
+        TypeError,
+        "scores",
+    )
+
+    # Metrics (host-side: the backend's arrays are read).
+    ce = ace_core.counting_errors
+    add("counting_errors_class_out_of_range", ce, (c, c), ValueError, "classes", classes=[5])
+    add("counting_errors_class_negative", ce, (c, c), ValueError, "classes", classes=[-1])
+    add("counting_errors_class_float", ce, (c, c), TypeError, "classes", classes=[1.0])
+    add("counting_errors_classes_empty", ce, (c, c), ValueError, "classes", classes=[])
+    add("counting_errors_shape_mismatch", ce, (c, a(counts[:2])), ValueError, "predicted")
     return cases
 
 
@@ -524,3 +788,81 @@ def test_read_only_numpy_inputs_work(numpy_name, call_name):
     assert len(got) == len(expected)
     for g, e in zip(got, expected, strict=True):
         assert np.array_equal(g, e, equal_nan=g.dtype.kind == "f")
+
+
+@pytest.mark.parametrize("pair", _library_pairs())
+def test_explicit_xp_of_another_library_raises_type_error(pair):
+    # Every array from one library but xp= another: named, never an AttributeError from inside.
+    first, second = load_backend(pair[0]), load_backend(pair[1])
+    scores, counts = first.asarray(_good_scores()), first.asarray(_good_counts())
+    before = [first.to_numpy(scores), first.to_numpy(counts)]
+    for call in (
+        lambda: ace_core.ace_loss(scores, counts, xp=second.xp),
+        lambda: ace_core.ace_loss_and_grad(scores, counts, xp=second.xp),
+        lambda: ace_core.decode_counts(scores, xp=second.xp),
+        lambda: ace_core.entropy_floor(counts, xp=second.xp),
+        lambda: ace_core.counts_with_background(counts, input_lengths=STEPS, xp=second.xp),
+    ):
+        with pytest.raises(TypeError, match="xp"):
+            call()
+    assert_unchanged(before, [first.to_numpy(scores), first.to_numpy(counts)])
+
+
+# ---------------------------------------------------------------------------
+# Unsigned integers: converted to signed, never wrapped around
+
+
+def test_unsigned_targets_and_lengths_give_the_signed_result(backend):
+    a = backend.asarray
+    targets = np.array([[1, 2, 0], [3, 0, 0], [1, 1, 2]])
+    target_lengths, input_lengths = np.array([2, 1, 3]), np.array([4, 2, 2])  # sample 2: 3 labels, 2 steps
+    expected = brute_force.counts_from_label_lists([[1, 2], [3], [1, 1, 2]], CLASSES, input_lengths)
+    assert expected[2, 0] == -1
+    unsigned = [a(x, "uint8") for x in (targets, target_lengths, input_lengths)]
+    before = [backend.to_numpy(x) for x in unsigned]
+    got = ace_core.counts_from_targets(
+        unsigned[0], unsigned[1], num_classes=CLASSES, input_lengths=unsigned[2]
+    )
+    got_np = backend.to_numpy(got)
+    assert got_np.dtype.kind == "i"
+    np.testing.assert_array_equal(got_np, expected)  # -1, not 255 or 2**64 - 1
+    assert_unchanged(before, [backend.to_numpy(x) for x in unsigned])
+
+    objects = np.array([[0, 1, 2, 0], [0, 0, 1, 1], [0, 2, 3, 0]])
+    background = backend.to_numpy(
+        ace_core.counts_with_background(a(objects, "uint8"), input_lengths=a(np.array([4, 4, 4]), "uint8"))
+    )
+    np.testing.assert_array_equal(background[:, 0], [1, 2, -1])
+
+    scores, counts = a(_good_scores()), a(_good_counts())
+    lengths = np.array([4, 4, 4])
+    signed = backend.to_numpy(ace_core.ace_loss(scores, counts, input_lengths=a(lengths), reduction="none"))
+    from_unsigned = ace_core.ace_loss(scores, counts, input_lengths=a(lengths, "uint8"), reduction="none")
+    np.testing.assert_array_equal(backend.to_numpy(from_unsigned), signed)
+    decoded = ace_core.decode_greedy(scores, input_lengths=a(np.array([4, 2, 0]), "uint16"))
+    assert decoded == ace_core.decode_greedy(scores, input_lengths=[4, 2, 0])
+
+
+@pytest.mark.parametrize("numpy_name", NUMPY_ONLY)
+def test_unsigned_values_too_large_for_a_signed_integer_raise(numpy_name):
+    huge = np.array([4, 2**63 + 3, 4], dtype=np.uint64)
+    scores, counts = _good_scores(), _good_counts()
+    with pytest.raises(ValueError, match=r"input_lengths.*sample 1\b"):
+        ace_core.ace_loss(scores, counts, input_lengths=huge)
+    with pytest.raises(ValueError, match=r"target_lengths.*sample 1\b"):
+        ace_core.counts_from_targets(np.array([[1, 2]] * 3), huge, num_classes=CLASSES, input_lengths=STEPS)
+    assert huge[1] == 2**63 + 3
+
+
+# ---------------------------------------------------------------------------
+# Accepted forms: a Python int, a list or a 0-d array of lengths is one value per sample
+
+
+def test_lengths_as_int_list_and_zero_d_array_agree(backend):
+    scores, counts = backend.asarray(_good_scores()), backend.asarray(_good_counts())
+    reference = backend.to_numpy(
+        ace_core.ace_loss(scores, counts, input_lengths=backend.asarray(np.array([4] * 3)))
+    )
+    for form in (4, [4, 4, 4], (4, 4, 4), backend.asarray(np.array(4)), np.int64(4)):
+        got = backend.to_numpy(ace_core.ace_loss(scores, counts, input_lengths=form))
+        np.testing.assert_array_equal(got, reference)

@@ -467,3 +467,57 @@ def test_ctc_with_ace_is_the_weighted_sum_and_differentiable():
     np.testing.assert_allclose(np.asarray(combined), np.asarray(expected), rtol=1e-12)
     grad = jax.jit(jax.grad(lambda x: jnp.mean(ctc_with_ace_loss(x, *args[1:]))))(logits)
     assert grad.shape == logits.shape and bool(jnp.all(jnp.isfinite(grad)))
+
+
+def test_empty_batch_gives_shape_zero_as_optax():
+    optax = pytest.importorskip("optax")
+    logits, paddings = jnp.zeros((0, 4, 3)), jnp.zeros((0, 4))
+    labels, label_paddings = jnp.zeros((0, 2), dtype=jnp.int32), jnp.zeros((0, 2))
+    expected = optax.ctc_loss(logits, paddings, labels, label_paddings)
+    loss = ace_jax.ace_loss(logits, paddings, labels, label_paddings)
+    assert loss.shape == expected.shape == (0,) and loss.dtype == logits.dtype
+    grad = jax.grad(lambda x: ace_jax.ace_loss(x, paddings, labels, label_paddings).sum())(logits)
+    assert grad.shape == logits.shape
+    assert ace_jax.ace_loss_from_counts(logits, jnp.zeros((0, 3), dtype=jnp.int32)).shape == (0,)
+    assert jax.jit(ace_jax.ace_loss)(logits, paddings, labels, label_paddings).shape == (0,)
+
+
+@pytest.mark.parametrize(
+    ("name", "error", "match"),
+    [
+        ("blank_id_float", TypeError, "blank_id"),
+        ("blank_id_out_of_range", ValueError, "blank_id"),
+        ("labels_float", TypeError, "labels"),
+        ("logits_string", TypeError, "logits"),
+        ("lengths_float", TypeError, "input_lengths"),
+        ("lengths_negative", ValueError, r"input_lengths.*sample 1\b"),
+        ("lengths_1_by_B", ValueError, "input_lengths"),
+        ("mask_float", TypeError, "mask"),
+        ("counts_negative", ValueError, r"sample 1\b"),
+    ],
+)
+def test_bad_input_names_the_argument(name, error, match):
+    logits, paddings, labels, label_paddings = optax_batch()
+    logits = np.nan_to_num(logits)
+    counts = np.array([[9, 0, 0], [3, 1, 2], [1, 1, 1]])
+    scores = logits[:3, :, :3]
+    calls = {
+        "blank_id_float": lambda: ace_jax.ace_loss(logits, paddings, labels, label_paddings, blank_id=0.0),
+        "blank_id_out_of_range": lambda: ace_jax.ace_loss(
+            logits, paddings, labels, label_paddings, blank_id=6
+        ),
+        "labels_float": lambda: ace_jax.ace_loss(logits, paddings, labels.astype(float), label_paddings),
+        "logits_string": lambda: ace_jax.ace_loss("logits", paddings, labels, label_paddings),
+        "lengths_float": lambda: ace_jax.ace_loss_from_counts(scores, counts, input_lengths=9.0),
+        "lengths_negative": lambda: ace_jax.ace_loss_from_counts(scores, counts, input_lengths=[9, -1, 3]),
+        "lengths_1_by_B": lambda: ace_jax.ace_loss_from_counts(scores, counts, input_lengths=[[9, 6, 3]]),
+        "mask_float": lambda: ace_jax.ace_loss_from_counts(scores, counts, mask=np.ones((3, 9))),
+        "counts_negative": lambda: ace_jax.ace_loss_from_counts(
+            scores, np.array([[9, 0, 0], [7, -1, 3], [9, 0, 0]])
+        ),
+    }
+    before = [np.copy(x) for x in (logits, paddings, labels, label_paddings, counts)]
+    with pytest.raises(error, match=match):
+        calls[name]()
+    for old, new in zip(before, (logits, paddings, labels, label_paddings, counts), strict=True):
+        np.testing.assert_array_equal(old, new)

@@ -114,24 +114,29 @@ def test_gradcheck_float64(device):
     )
 
 
-def test_opcheck_custom_ops(device):
+@pytest.mark.parametrize("valid_by", ["input_lengths", "mask", "none"])
+def test_opcheck_custom_ops(device, valid_by):
     from torch.library import opcheck
-
-    import ace_core
 
     scores = _log_probs(device).detach().transpose(0, 1)
     lengths = torch.tensor(INPUT_LENGTHS, device=device)
+    mask = torch.arange(T, device=device) < lengths[:, None]
+    input_lengths, mask = {"input_lengths": (lengths, None), "mask": (None, mask), "none": (None, None)}[
+        valid_by
+    ]
     targets, target_lengths = (
         torch.tensor(TARGETS, device=device),
         torch.tensor(TARGET_LENGTHS, device=device),
     )
-    valid = torch.arange(T, device=device) < lengths[:, None]
-    counts = ace_core.counts_from_targets(targets, target_lengths, num_classes=C, input_lengths=lengths)
-    opcheck(torch.ops.ace_core.counts_from_targets.default, (targets, target_lengths, lengths, C, 0))
-    opcheck(torch.ops.ace_core.ace_forward.default, (scores.clone().requires_grad_(), counts, valid, False))
-    residuals = torch.ops.ace_core.ace_forward.default(scores, counts, valid, False)[1:]
+    counts_args = (scores, targets, target_lengths, input_lengths, mask, 0)
+    opcheck(torch.ops.ace_core.counts_from_targets.default, counts_args)
+    counts = torch.ops.ace_core.counts_from_targets.default(*counts_args)
+    forward_args = (scores.clone().requires_grad_(), counts, input_lengths, mask, False)
+    opcheck(torch.ops.ace_core.ace_forward.default, forward_args)
+    residuals = torch.ops.ace_core.ace_forward.default(scores, counts, input_lengths, mask, False)[1:]
     grad_loss = torch.ones(N, dtype=scores.dtype, device=device)
-    opcheck(torch.ops.ace_core.ace_backward.default, (grad_loss, scores, counts, valid, *residuals, False))
+    backward_args = (grad_loss, scores, counts, input_lengths, mask, *residuals, False)
+    opcheck(torch.ops.ace_core.ace_backward.default, backward_args)
 
 
 def test_autograd_saves_no_full_size_tensor_besides_the_input(device):
@@ -236,3 +241,178 @@ def test_bad_calls_name_the_problem():
         ace_loss(log_probs, targets, INPUT_LENGTHS, TARGET_LENGTHS, reduction="average")
     with pytest.raises(ValueError, match="blank"):
         ace_loss(log_probs, torch.tensor([[0, 1, 1]] * N), INPUT_LENGTHS, [3, 3, 3])
+
+
+# ----------------------------------------------------------------- the core's checks, through the adapter
+
+
+def _bad_adapter_calls():
+    """name -> (call, error, regex): each goes through the core's checks inside the custom ops."""
+    log_probs = _log_probs("cpu")
+    targets = torch.tensor(TARGETS)
+    counts = torch.tensor(
+        brute_force.counts_from_label_lists([[1, 2, 2], [3, 4], [5]], C, INPUT_LENGTHS), dtype=torch.int64
+    )
+    ntc = log_probs.detach().transpose(0, 1)
+    calls = {
+        "negative_length_zero_infinity": (
+            lambda: ace_loss(
+                log_probs, targets, torch.tensor([12, -1, 8]), TARGET_LENGTHS, zero_infinity=True
+            ),
+            ValueError,
+            r"input_lengths.*sample 1\b",
+        ),
+        "length_above_T": (
+            lambda: ace_loss(log_probs, targets, [12, 13, 8], TARGET_LENGTHS),
+            ValueError,
+            r"input_lengths.*sample 1\b",
+        ),
+        "length_above_T_zero_infinity": (
+            lambda: ace_loss(log_probs, targets, [12, 13, 8], TARGET_LENGTHS, zero_infinity=True),
+            ValueError,
+            r"input_lengths.*sample 1\b",
+        ),
+        "mask_T_by_N": (
+            lambda: ace_loss(
+                log_probs, targets, None, TARGET_LENGTHS, mask=torch.ones(T, N, dtype=torch.bool)
+            ),
+            ValueError,
+            "mask",
+        ),
+        "mask_float": (
+            lambda: ace_loss(log_probs, targets, None, TARGET_LENGTHS, mask=torch.ones(N, T)),
+            TypeError,
+            "mask",
+        ),
+        "lengths_python_float": (
+            lambda: ace_loss(log_probs, targets, 12.0, TARGET_LENGTHS),
+            TypeError,
+            "input_lengths",
+        ),
+        "lengths_float_tensor": (
+            lambda: ace_loss(log_probs, targets, torch.tensor([12.0, 10.0, 8.0]), TARGET_LENGTHS),
+            TypeError,
+            "input_lengths",
+        ),
+        "lengths_1_by_N": (
+            lambda: ace_loss(log_probs, targets, torch.tensor([INPUT_LENGTHS]), TARGET_LENGTHS),
+            ValueError,
+            "input_lengths",
+        ),
+        "lengths_numpy": (
+            lambda: ace_loss(log_probs, targets, np.array(INPUT_LENGTHS), TARGET_LENGTHS),
+            TypeError,
+            "input_lengths",
+        ),
+        "target_lengths_float": (
+            lambda: ace_loss(log_probs, targets, INPUT_LENGTHS, [3.0, 2.0, 1.0]),
+            TypeError,
+            "target_lengths",
+        ),
+        "blank_float": (
+            lambda: ace_loss(log_probs, targets, INPUT_LENGTHS, TARGET_LENGTHS, blank=0.0),
+            TypeError,
+            "blank",
+        ),
+        "blank_out_of_range": (
+            lambda: ace_loss(log_probs, targets, INPUT_LENGTHS, TARGET_LENGTHS, blank=C),
+            ValueError,
+            "blank",
+        ),
+        "log_probs_numpy": (
+            lambda: ace_loss(log_probs.detach().numpy(), targets, INPUT_LENGTHS, TARGET_LENGTHS),
+            TypeError,
+            "log_probs",
+        ),
+        "targets_numpy": (
+            lambda: ace_loss(log_probs, np.array(TARGETS), INPUT_LENGTHS, TARGET_LENGTHS),
+            TypeError,
+            "targets",
+        ),
+        "targets_list": (
+            lambda: ace_loss(log_probs, TARGETS, INPUT_LENGTHS, TARGET_LENGTHS),
+            TypeError,
+            "targets",
+        ),
+        "targets_float": (
+            lambda: ace_loss(log_probs, targets.double(), INPUT_LENGTHS, TARGET_LENGTHS),
+            TypeError,
+            "targets",
+        ),
+        "counts_numpy": (
+            lambda: ace_loss(ntc, None, INPUT_LENGTHS, None, layout="NTC", counts=counts.numpy()),
+            TypeError,
+            "counts",
+        ),
+        "counts_wrong_sum": (
+            lambda: ace_loss(ntc, None, [12, 11, 8], None, layout="NTC", counts=counts),
+            ValueError,
+            r"sample 1\b",
+        ),
+        "zero_infinity_not_bool": (
+            lambda: ace_loss(log_probs, targets, INPUT_LENGTHS, TARGET_LENGTHS, zero_infinity="yes"),
+            TypeError,
+            "zero_infinity",
+        ),
+        "unbatched_lengths_not_0d": (
+            lambda: ace_loss(log_probs[:, 0], targets[0], torch.tensor([12]), 3),
+            ValueError,
+            "input_lengths",
+        ),
+    }
+    return log_probs, calls
+
+
+@pytest.mark.parametrize("name", list(_bad_adapter_calls()[1]))
+def test_adapter_runs_the_core_checks(name):
+    log_probs, calls = _bad_adapter_calls()
+    call, error, match = calls[name]
+    before = log_probs.detach().clone()
+    with pytest.raises(error, match=match):
+        call()
+    assert torch.equal(log_probs.detach(), before)
+
+
+def test_lengths_as_int_zero_d_tensor_and_unsigned_agree(device):
+    log_probs = _log_probs(device)
+    targets = torch.tensor(TARGETS, device=device)
+    reference = ace_loss(log_probs, targets, [T] * N, TARGET_LENGTHS, reduction="none")
+    for form in (T, torch.tensor(T), torch.tensor([T] * N, dtype=torch.uint8), (T,) * N):
+        got = ace_loss(
+            log_probs, targets, form, torch.tensor(TARGET_LENGTHS, dtype=torch.uint8), reduction="none"
+        )
+        torch.testing.assert_close(got, reference, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("reduction", ["none", "sum", "mean"])
+def test_unbatched_ctc_form(device, reduction):
+    # F.ctc_loss takes (T, C) log-probs, (S,) targets and 0-d lengths for one sample; "none" gives 0-d.
+    log_probs = _log_probs(device)[:, 0].detach().requires_grad_()
+    targets = torch.tensor([1, 2, 2], device=device)
+    lengths, target_lengths = torch.tensor(10), torch.tensor(3)
+    ctc = torch.nn.functional.ctc_loss(log_probs, targets, lengths, target_lengths, reduction=reduction)
+    loss = ace_loss(log_probs, targets, lengths, target_lengths, reduction=reduction)
+    assert loss.shape == ctc.shape == ()
+    loss.backward()
+    expected = brute_force.ace_per_sample(
+        log_probs.detach().cpu().numpy()[None],
+        brute_force.counts_from_label_lists([[1, 2, 2]], C, [10]),
+        brute_force.valid_from_lengths([10], T),
+    )
+    assert loss.item() == pytest.approx(float(expected[0]), rel=1e-12)
+    assert log_probs.grad.shape == (T, C) and torch.all(log_probs.grad[10:] == 0)
+    same = ace_loss(log_probs, targets, 10, 3, reduction=reduction, layout="NTC")
+    assert same.item() == loss.item()
+
+
+def test_two_dimensional_map_mask_of_wrong_shape_or_dtype_raises():
+    logits = torch.zeros(2, 3, 4, C)
+    counts = torch.tensor([[9, 1, 2, 0, 0, 0], [5, 0, 0, 2, 1, 0]])
+    with pytest.raises(ValueError, match="mask"):
+        ace_loss(
+            logits, None, None, None, layout="NHWC", counts=counts, mask=torch.ones(2, 4, 3, dtype=torch.bool)
+        )
+    with pytest.raises(TypeError, match="mask"):
+        ace_loss(logits, None, None, None, layout="NHWC", counts=counts, mask=torch.ones(2, 3, 4))
+    with pytest.raises(ValueError, match="input_lengths"):
+        ace_loss(logits, None, [12, 12], None, layout="NHWC", counts=counts)

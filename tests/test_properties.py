@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import brute_force
 import numpy as np
+from _fuzz import examples
 from _helpers import assert_close, random_logits, random_probabilities
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -62,7 +63,7 @@ def problems(draw):
     }
 
 
-@settings(max_examples=50, deadline=None)
+@settings(max_examples=examples(50), deadline=None)
 @given(problem=problems())
 def test_invariants_and_brute_force(property_backend, problem):
     backend = property_backend
