@@ -8,7 +8,7 @@ arrays. ``import ace_core`` imports none of those frameworks but NumPy.
 from __future__ import annotations
 
 from .counts import counts_from_targets, counts_with_background
-from .decode import decode_counts, decode_greedy
+from .decode import decode_counts, decode_greedy, decode_ordered
 from .loss import (
     ACEResiduals,
     ace_backward,
@@ -27,6 +27,7 @@ from .metrics import (
     edit_distance,
     sequence_accuracy,
 )
+from .prior import blank_prior_bias
 
 __version__ = "0.1.0.dev0"
 
@@ -38,12 +39,14 @@ __all__ = [
     "ace_loss",
     "ace_loss_and_grad",
     "bag_accuracy",
+    "blank_prior_bias",
     "character_error_rate",
     "counting_errors",
     "counts_from_targets",
     "counts_with_background",
     "decode_counts",
     "decode_greedy",
+    "decode_ordered",
     "edit_distance",
     "entropy_floor",
     "regression_ace_loss",
