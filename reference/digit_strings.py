@@ -20,7 +20,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import _render
-from .text_lines import _MARGIN, TextBatch, _LineTask
+from .text_lines import MARGIN, LineTask, TextBatch
 
 __all__ = ["DIGITS", "DigitStrings", "TextBatch"]
 
@@ -28,7 +28,7 @@ __all__ = ["DIGITS", "DigitStrings", "TextBatch"]
 DIGITS = "0123456789"
 
 
-class DigitStrings(_LineTask):
+class DigitStrings(LineTask):
     """Lines of handwritten digits (11 classes, blank 0) with a train/test split of the digit images.
 
     Parameters
@@ -66,11 +66,11 @@ class DigitStrings(_LineTask):
         self._setup(height, width, min_length, max_length, noise, seed)
         self.alphabet = DIGITS
         self.max_gap = _render.check_int("max_gap", max_gap, low=0)
-        room = self.width - 2 * _MARGIN - (self.max_length - 1) * self.max_gap
+        room = self.width - 2 * MARGIN - (self.max_length - 1) * self.max_gap
         if glyph is None:
             glyph = min(room // self.max_length, (3 * self.height) // 4)
         self.glyph = _render.check_int("glyph", glyph, low=4)
-        if self.glyph * self.max_length > room or self.glyph > self.height - 2 * _MARGIN:
+        if self.glyph * self.max_length > room or self.glyph > self.height - 2 * MARGIN:
             raise ValueError(
                 f"{max_length} digits of {self.glyph} px with gaps up to {max_gap} px do not fit "
                 f"a {height}x{width} line"
@@ -103,11 +103,11 @@ class DigitStrings(_LineTask):
         if not count:
             return canvas
         span = count * self.glyph + int(gaps.sum())
-        room_h = self.height - 2 * _MARGIN
-        left = _MARGIN + int(anchor[1] * (self.width - 2 * _MARGIN - span + 1))
-        base = _MARGIN + int(anchor[0] * (room_h - self.glyph + 1))
+        room_h = self.height - 2 * MARGIN
+        left = MARGIN + int(anchor[1] * (self.width - 2 * MARGIN - span + 1))
+        base = MARGIN + int(anchor[0] * (room_h - self.glyph + 1))
         for index, pick in enumerate(picks):
-            top = int(np.clip(base + jitter[index], _MARGIN, self.height - _MARGIN - self.glyph))
+            top = int(np.clip(base + jitter[index], MARGIN, self.height - MARGIN - self.glyph))
             canvas[top : top + self.glyph, left : left + self.glyph] = intensity * bank.images[pick]
             left += self.glyph + (int(gaps[index]) if index < count - 1 else 0)
         return canvas

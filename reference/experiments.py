@@ -34,6 +34,8 @@ from typing import Any
 
 import numpy as np
 
+from .defaults import TRAIN_DEFAULTS
+
 __all__ = ["Reproduction", "REPRODUCTIONS", "reproduce", "PLATEAU_RECIPE", "PLATEAU_BASELINE"]
 
 
@@ -56,7 +58,7 @@ class _Context:
     backend: str | None
     threads: int | None
     log: Callable[[str], None]
-    eval_size: int = 500
+    eval_size: int = TRAIN_DEFAULTS["eval_size"]
     files: list[str] = dataclasses.field(default_factory=list)
 
     def train(self, label: str, task: str, **options: Any) -> Any:
@@ -184,10 +186,12 @@ def _order(ctx: _Context) -> dict[str, Any]:
 
 def _maps(ctx: _Context, result: Any, suffix: str, counts: bool) -> None:
     from . import plots
-    from . import tasks as _tasks
     from ._array import to_host
+    from .labels import label_lists
+    from .readout import class_names
+    from .tasks import get_task
 
-    task = _tasks.get_task(result.config.task)
+    task = get_task(result.config.task)
     heldout = result.dataset.heldout(4, seed=result.config.seed + 1)
     images = np.asarray(heldout.images)
     model = result.model
@@ -196,8 +200,8 @@ def _maps(ctx: _Context, result: Any, suffix: str, counts: bool) -> None:
         images,
         to_host(logits),
         ctx.figure(suffix),
-        class_names=_tasks.class_names(result.dataset),
-        truths=_tasks.label_lists(task, heldout),
+        class_names=class_names(result.dataset),
+        truths=label_lists(task, heldout),
         counts=counts,
     )
 
@@ -337,7 +341,7 @@ def reproduce(
     backend: str | None = None,
     threads: int | None = None,
     log: Callable[[str], None] | None = None,
-    eval_size: int = 500,
+    eval_size: int = TRAIN_DEFAULTS["eval_size"],
 ) -> dict[str, Any]:
     """Run the reproduction ``name`` and write ``out/NAME.json`` and its figures.
 

@@ -17,6 +17,8 @@ from typing import Any, Literal
 import numpy as np
 
 from . import tasks as _tasks
+from .defaults import SEQUENCE_READOUT
+from .readout import readout
 
 __all__ = ["load_image", "input_size", "predict_files"]
 
@@ -84,6 +86,7 @@ def predict_files(
     *,
     invert: Literal["auto", "yes", "no"] = "auto",
     backend: str | None = None,
+    sequence_readout: Literal["greedy", "ordered"] = SEQUENCE_READOUT,
 ) -> list[Any]:
     """What the model saved in ``run`` reads in each image file.
 
@@ -95,11 +98,14 @@ def predict_files(
     invert : {"auto", "yes", "no"}
         See :func:`load_image`.
     backend : {"numpy", "cupy"}, optional
+    sequence_readout : {"ordered", "greedy"}
+        How the text tasks are read (:func:`ace_core.decode_ordered` or
+        :func:`ace_core.decode_greedy`); the 2D tasks have one readout.
 
     Returns
     -------
     list
-        Per image, as :func:`ace_core.reference.tasks.readout` gives it: a
+        Per image, as :func:`ace_core.reference.readout.readout` gives it: a
         string (text tasks), a sorted list of class names (the 2D toy) or a
         ``{class: count}`` dict (counting).
     """
@@ -115,5 +121,5 @@ def predict_files(
         if config.dtype != "float32":
             x = model.xp.astype(x, model.dtype)
         logits, _ = model.forward(x, train=False)
-        results.extend(_tasks.readout(task, logits, dataset, xp=model.xp))
+        results.extend(readout(task, logits, dataset, xp=model.xp, sequence_readout=sequence_readout))
     return results

@@ -36,14 +36,14 @@ import numpy as np
 
 from . import _render
 
-__all__ = ["ALPHABET", "BLANK", "TextBatch", "TextLines"]
+__all__ = ["ALPHABET", "BLANK", "MARGIN", "LineTask", "TextBatch", "TextLines"]
 
 #: The characters of classes 1..36 (the paper's scene-text alphabet); class 0 is the blank.
 ALPHABET = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 #: The blank class.
 BLANK = 0
-# Pixels of background kept around the ink on every side.
-_MARGIN = 1
+#: Pixels of background kept around the ink on every side (text lines and digit strings).
+MARGIN = 1
 
 
 class TextBatch(NamedTuple):
@@ -55,7 +55,7 @@ class TextBatch(NamedTuple):
     texts: list[str]  #: the strings drawn
 
 
-class _LineTask:
+class LineTask:
     """What text lines and digit strings share: label sampling, batching, held-out sets, the codec."""
 
     alphabet: str
@@ -151,7 +151,7 @@ class _LineTask:
         return TextBatch(images, targets, lengths, texts)
 
 
-class TextLines(_LineTask):
+class TextLines(LineTask):
     """Random lines over :data:`ALPHABET` drawn with Pillow fonts (37 classes, blank 0).
 
     Parameters
@@ -189,7 +189,7 @@ class TextLines(_LineTask):
         max_rotation: float = 2.0,
     ) -> None:
         self._setup(height, width, min_length, max_length, noise, seed)
-        if self.height < 8 + 2 * _MARGIN or self.width < 8 + 2 * _MARGIN:
+        if self.height < 8 + 2 * MARGIN or self.width < 8 + 2 * MARGIN:
             raise ValueError(f"a {height}x{width} canvas is too small to draw text on")
         if not 0 < size_range[0] <= size_range[1]:
             raise ValueError(f"need 0 < size_range[0] <= size_range[1], got {size_range}")
@@ -218,7 +218,7 @@ class TextLines(_LineTask):
         canvas = np.zeros((self.height, self.width), dtype=np.float32)
         if not text:
             return canvas
-        room_h, room_w = self.height - 2 * _MARGIN, self.width - 2 * _MARGIN
+        room_h, room_w = self.height - 2 * MARGIN, self.width - 2 * MARGIN
         ink = _render.render_text(text, font, max(4, round(size)), shear=shear, rotation=rotation)
         # Too large: draw it again at the size that fits (hinting makes the fit approximate, so retry).
         for _ in range(4):
@@ -231,7 +231,7 @@ class TextLines(_LineTask):
             ink = _render.resize_bilinear(
                 ink, max(1, int(ink.shape[0] * scale)), max(1, int(ink.shape[1] * scale))
             )
-        top = _MARGIN + int(anchor[0] * (room_h - ink.shape[0] + 1))
-        left = _MARGIN + int(anchor[1] * (room_w - ink.shape[1] + 1))
+        top = MARGIN + int(anchor[0] * (room_h - ink.shape[0] + 1))
+        left = MARGIN + int(anchor[1] * (room_w - ink.shape[1] + 1))
         canvas[top : top + ink.shape[0], left : left + ink.shape[1]] = intensity * ink
         return canvas

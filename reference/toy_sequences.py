@@ -10,7 +10,7 @@ random widths (the label plus random gaps); columns beyond a strip's width are
 zero padding and ``input_lengths`` says where each strip ends.
 
 Everything is NumPy on the host (``float32`` images, ``int64`` labels), as in
-:mod:`ace_core.reference.synthetic`.
+:mod:`ace_core.bench.data`.
 
 Examples
 --------

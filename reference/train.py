@@ -1,12 +1,13 @@
 """The training loop of the reference: ``ace train`` in a function.
 
-:func:`train` draws batches from a task's generator on the host, moves them to
-the device, runs the model's forward pass, takes the ACE loss and its gradient
-from :func:`ace_core.ace_loss_and_grad`, runs the model's backward pass and an
-optimiser step. Every ``log_every`` steps it reports the loss minus its entropy
-floor (:func:`ace_core.entropy_floor`: 0 is a perfect fit of the batch) and the
-throughput; every ``eval_every`` steps it scores a fixed held-out set
-(:func:`ace_core.reference.tasks.evaluate`) and writes a checkpoint
+:func:`train` sets up the run (or resumes it from its checkpoint), then
+repeats one optimiser step (:func:`ace_core.reference.training_step.training_step`:
+a batch drawn on the host and moved to the device, the model's forward pass,
+the ACE loss and its gradient from :func:`ace_core.ace_loss_and_grad`, the
+backward pass, the optimiser). Every ``log_every`` steps it reports the loss
+minus its entropy floor (:func:`ace_core.entropy_floor`: 0 is a perfect fit of
+the batch) and the throughput; every ``eval_every`` steps it scores a fixed
+held-out set (:func:`ace_core.reference.evaluation.evaluate`) and writes a checkpoint
 (:mod:`ace_core.reference.checkpoint`) and ``metrics.json``; at the end it draws
 the plots (:mod:`ace_core.reference.plots`).
 
@@ -28,17 +29,15 @@ from __future__ import annotations
 import dataclasses
 import math
 import sys
-import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 
-import ace_core
-
 from . import tasks as _tasks
-from ._backend import select_backend, thread_limit
+from ._array import to_host
+from .array_library import select_backend, thread_limit
 from .checkpoint import (
     CONFIG_FILE,
     METRICS_FILE,
@@ -48,6 +47,11 @@ from .checkpoint import (
     save_checkpoint,
     write_json_atomic,
 )
+from .defaults import ADADELTA_LR, PER_TASK_FIELDS, TRAIN_DEFAULTS
+from .evaluation import evaluate, format_metrics, forward_in_chunks
+from .labels import label_lists
+from .readout import class_names
+from .training_step import training_step
 
 __all__ = [
     "TrainConfig",
@@ -65,14 +69,8 @@ __all__ = [
 #: on the CPU, though not bitwise as it would have on the GPU).
 RESUMABLE_OVERRIDES = ("steps", "eval_every", "eval_size", "checkpoint_every", "log_every", "backend")
 
-_GLOBAL_DEFAULTS: dict[str, Any] = {
-    "steps": 2000,
-    "batch": 32,
-    "lr": 1e-3,
-    "warmup": 0,
-    "schedule": "constant",
-    "eval_every": 250,
-}
+#: The defaults a task does not set (every task sets them: :mod:`ace_core.reference.defaults`).
+_GLOBAL_DEFAULTS: dict[str, Any] = {name: TRAIN_DEFAULTS[name] for name in PER_TASK_FIELDS}
 
 
 @dataclasses.dataclass
@@ -81,28 +79,31 @@ class TrainConfig:
 
     ``None`` fields take the task's default (:attr:`Task.train_defaults
     <ace_core.reference.tasks.Task.train_defaults>`), then a global one; call
-    :meth:`resolved` to fill them.
+    :meth:`resolved` to fill them. Every default comes from
+    :mod:`ace_core.reference.defaults`.
     """
 
     task: str = "crnn"  #: a name of :data:`ace_core.reference.tasks.TASKS`
     steps: int | None = None  #: optimiser steps in total
     batch: int | None = None  #: images per step
     lr: float | None = None  #: peak learning rate (Adadelta: its multiplier, 1.0 in the paper)
-    optimizer: Literal["adam", "adadelta"] = "adam"
+    optimizer: Literal["adam", "adadelta"] = TRAIN_DEFAULTS["optimizer"]
     schedule: Literal["constant", "cosine"] | None = None  #: after the warmup
     warmup: int | None = None  #: steps of linear warmup from lr/warmup to lr
     clip: float | None = None  #: clip the gradients' global norm to this (``None``: no clipping)
-    seed: int = 0  #: seeds the weights and the data streams
+    seed: int = TRAIN_DEFAULTS["seed"]  #: seeds the weights and the data streams
     eval_every: int | None = None  #: evaluate, checkpoint and save metrics every this many steps
-    eval_size: int = 500  #: held-out images per evaluation
+    eval_size: int = TRAIN_DEFAULTS["eval_size"]  #: held-out images per evaluation
     checkpoint_every: int | None = None  #: default: ``eval_every``
-    log_every: int = 50  #: progress line every this many steps
-    loss: Literal["ace", "regression"] = "ace"  #: cross-entropy ACE, or regression ACE (Table 1)
+    log_every: int = TRAIN_DEFAULTS["log_every"]  #: progress line every this many steps
+    loss: Literal["ace", "regression"] = TRAIN_DEFAULTS[
+        "loss"
+    ]  #: cross-entropy ACE, or regression ACE (Table 1)
     shuffle_labels: float = 0.0  #: fraction of labels whose order is shuffled (paper Fig. 4)
     #: diagnostic: throw the optimiser's state away before this step (the plateau experiment)
     restart_optimizer_at: int | None = None
     backend: str | None = None  #: ``"numpy"`` or ``"cupy"``; default: cupy when a GPU is usable
-    dtype: Literal["float32", "float64"] = "float32"
+    dtype: Literal["float32", "float64"] = TRAIN_DEFAULTS["dtype"]
     data: dict[str, Any] = dataclasses.field(default_factory=dict)  #: generator options
     model: dict[str, Any] = dataclasses.field(default_factory=dict)  #: model options
 
@@ -112,7 +113,7 @@ class TrainConfig:
         values = dataclasses.asdict(self)
         defaults = {**_GLOBAL_DEFAULTS, **task.train_defaults}
         if self.optimizer == "adadelta" and self.lr is None:
-            defaults["lr"] = 1.0
+            defaults["lr"] = ADADELTA_LR
         for name, value in defaults.items():
             if values.get(name) is None:
                 values[name] = value
@@ -204,8 +205,6 @@ def make_optimizer(config: TrainConfig) -> Any:
 
 
 def _tree_to_host(tree: Any) -> Any:
-    from ._array import to_host
-
     if isinstance(tree, Mapping):
         return {key: _tree_to_host(value) for key, value in tree.items()}
     if isinstance(tree, (int, float, np.ndarray, np.generic)):
@@ -263,24 +262,6 @@ def restore(directory: str | Path, *, backend: str | None = None) -> tuple[Train
 def _format_seconds(seconds: float) -> str:
     seconds = max(0, int(round(seconds)))
     return f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
-
-
-def format_metrics(task: _tasks.Task, metrics: Mapping[str, Any]) -> str:
-    """One line of the task's held-out metrics, as ``ace train`` prints them."""
-    if task.kind == "sequence":
-        return (
-            f"sequence accuracy {100 * metrics['sequence_accuracy']:.1f}%  CER {100 * metrics['cer']:.2f}%  "
-            f"counts exact {100 * metrics['count_accuracy']:.1f}%"
-        )
-    if task.kind == "bag":
-        return (
-            f"bag accuracy {100 * metrics['bag_accuracy']:.1f}%  "
-            f"precision {100 * metrics['precision']:.1f}%  recall {100 * metrics['recall']:.1f}%"
-        )
-    return (
-        f"m-relRMSE {metrics['m_rel_rmse']:.3f}  mRMSE {metrics['mean_rmse']:.3f}  "
-        f"exact {100 * metrics['count_accuracy']:.1f}%"
-    )
 
 
 def _empty_history() -> dict[str, Any]:
@@ -354,13 +335,30 @@ def train(
         return _train(config, out_dir, checkpoint, log, plots)
 
 
-def _train(
-    config: TrainConfig,
-    out_dir: Path | None,
-    checkpoint: Checkpoint | None,
-    log: Callable[[str], None],
-    plots: bool,
-) -> TrainResult:
+@dataclasses.dataclass
+class _Run:
+    """The state of a run in progress: what a checkpoint saves, and what the loop works on."""
+
+    config: TrainConfig
+    task: _tasks.Task
+    backend: Any  #: the :class:`ace_core.bench.backend_table.Backend` trained on
+    xp: Any
+    device: Any
+    dataset: Any
+    model: Any
+    optimizer: Any
+    opt_state: Any
+    streams: _Streams
+    history: dict[str, Any]
+    step: int
+    heldout: Any
+    out_dir: Path | None
+
+
+def _start_run(
+    config: TrainConfig, out_dir: Path | None, checkpoint: Checkpoint | None, log: Callable[[str], None]
+) -> _Run:
+    """A fresh model and optimiser for ``config``, or the ones of ``checkpoint`` where it stopped."""
     task = _tasks.get_task(config.task)
     chosen = select_backend(config.backend)
     xp, device = chosen.namespace(), chosen.device()
@@ -383,10 +381,30 @@ def _train(
     else:
         opt_state = optimizer.init(model.params)
     heldout = dataset.heldout(config.eval_size, seed=config.seed)
-    if out_dir is not None:
-        run_config = {**config.to_dict(), "model_config": getattr(model, "config", None)}
-        write_json_atomic(out_dir / CONFIG_FILE, run_config)
+    return _Run(
+        config=config,
+        task=task,
+        backend=chosen,
+        xp=xp,
+        device=device,
+        dataset=dataset,
+        model=model,
+        optimizer=optimizer,
+        opt_state=opt_state,
+        streams=streams,
+        history=history,
+        step=step,
+        heldout=heldout,
+        out_dir=out_dir,
+    )
 
+
+def _announce(run: _Run, log: Callable[[str], None]) -> None:
+    """Write ``config.json`` and log the run's first line (model, backend, schedule)."""
+    config, model, chosen = run.config, run.model, run.backend
+    if run.out_dir is not None:
+        run_config = {**config.to_dict(), "model_config": getattr(model, "config", None)}
+        write_json_atomic(run.out_dir / CONFIG_FILE, run_config)
     n_params = sum(int(np.prod(p.shape)) for p in model.params.values())
     log(
         f"ace train {config.task}: {type(model).__name__} ({n_params:,} parameters) on {chosen.name} "
@@ -394,135 +412,148 @@ def _train(
         f"lr {config.lr:g} ({config.schedule}, warmup {config.warmup}), seed {config.seed}"
     )
 
-    def save(at_step: int) -> None:
-        if out_dir is None:
-            return
-        save_checkpoint(
-            out_dir,
-            Checkpoint(
-                step=at_step,
-                model=model.state_dict(),
-                optimizer=_tree_to_host(optimizer.state_dict(opt_state)),
-                rng_state=streams.state(),
-                config=config.to_dict(),
-                history=history,
-            ),
-        )
-        write_json_atomic(
-            out_dir / METRICS_FILE, {"task": config.task, "config": config.to_dict(), **history}
-        )
 
+def _save(run: _Run) -> None:
+    """Checkpoint the run at its step and write ``metrics.json`` (nothing without a run directory)."""
+    if run.out_dir is None:
+        return
+    config = run.config
+    save_checkpoint(
+        run.out_dir,
+        Checkpoint(
+            step=run.step,
+            model=run.model.state_dict(),
+            optimizer=_tree_to_host(run.optimizer.state_dict(run.opt_state)),
+            rng_state=run.streams.state(),
+            config=config.to_dict(),
+            history=run.history,
+        ),
+    )
+    write_json_atomic(
+        run.out_dir / METRICS_FILE, {"task": config.task, "config": config.to_dict(), **run.history}
+    )
+
+
+def _evaluate(run: _Run, log: Callable[[str], None]) -> dict[str, Any]:
+    """Score the model on the held-out set, append the scores to the history and log them."""
+    metrics = evaluate(run.task, run.model, run.heldout, xp=run.xp, device=run.device)
+    final = {"step": run.step, "train_seconds": run.history["train_seconds"], **metrics}
+    run.history["eval"].append(final)
+    log(f"eval step {run.step}: {format_metrics(run.task, metrics)} ({run.config.eval_size} held-out images)")
+    return final
+
+
+class _ProgressWindow:
+    """The steps since the last progress line: their mean loss, gap to the floor and time."""
+
+    def __init__(self) -> None:
+        self._reset()
+
+    def _reset(self) -> None:
+        self.loss, self.gap, self.seconds, self.count = 0.0, 0.0, 0.0, 0
+
+    def add(self, loss: float, floor: float, seconds: float) -> None:
+        self.loss += loss
+        self.gap += loss - floor
+        self.seconds += seconds
+        self.count += 1
+
+    def report(self, run: _Run, lr: float, log: Callable[[str], None]) -> None:
+        """Append the window's means to the training history, log a progress line, start afresh."""
+        config, n = run.config, self.count
+        train_log = run.history["train"]
+        train_log["step"].append(run.step)
+        train_log["loss"].append(self.loss / n)
+        train_log["loss_minus_floor"].append(self.gap / n)
+        train_log["lr"].append(lr)
+        train_log["ms_per_step"].append(1e3 * self.seconds / n)
+        remaining = (config.steps - run.step) * self.seconds / n
+        gap_name = "loss-floor" if config.loss == "ace" else "loss"
+        log(
+            f"step {run.step:>{len(str(config.steps))}}/{config.steps}  "
+            f"{gap_name} {self.gap / n:.4f}  "
+            f"lr {lr:.2e}  {config.batch * n / self.seconds:,.0f} img/s  "
+            f"{1e3 * self.seconds / n:.0f} ms/step  eta {_format_seconds(remaining)}"
+        )
+        self._reset()
+
+
+def _due(step: int, every: int, last: int) -> bool:
+    return step % every == 0 or step == last
+
+
+def _train(
+    config: TrainConfig,
+    out_dir: Path | None,
+    checkpoint: Checkpoint | None,
+    log: Callable[[str], None],
+    plots: bool,
+) -> TrainResult:
+    """The loop of :func:`train`: steps, progress lines, evaluations and checkpoints, then the plots."""
+    run = _start_run(config, out_dir, checkpoint, log)
+    _announce(run, log)
     step_times: list[float] = []
-    window_loss, window_gap, window_time, window_n = 0.0, 0.0, 0.0, 0
-    final: dict[str, Any] = history["eval"][-1] if history["eval"] else {}
-    from . import optim
-
-    clip = getattr(optim, "clip_by_global_norm", None)
-    while step < config.steps:
-        started = time.perf_counter()
-        batch = dataset.batch(streams.data, config.batch)
-        if config.shuffle_labels > 0 and task.kind == "sequence":
-            batch = batch._replace(
-                targets=_tasks.shuffle_targets(
-                    batch.targets, batch.target_lengths, config.shuffle_labels, streams.shuffle
-                )
-            )
-        images = xp.asarray(batch.images, device=device)
-        if config.dtype != "float32":
-            images = xp.astype(images, getattr(xp, config.dtype))
-        logits, cache = model.forward(images, train=True)
-        counts = _tasks.batch_counts(task, batch, logits, xp=xp, device=device)
-        loss, dlogits = _tasks.loss_and_grad(logits, counts, loss=config.loss, xp=xp)
-        grads = model.backward(dlogits, cache)
-        if config.clip is not None:
-            if clip is None:
-                raise ValueError("this optimiser module has no clip_by_global_norm; leave `clip` unset")
-            grads, _ = clip(grads, config.clip)
-        if config.restart_optimizer_at is not None and step == config.restart_optimizer_at:
-            opt_state = optimizer.init(model.params)
-        lr = learning_rate(config, step)
-        params, opt_state = optimizer.step(model.params, grads, opt_state, lr=lr)
-        model.params = params
-        loss_value = float(loss)  # one host sync per step: also makes the timing honest on a GPU
-        elapsed = time.perf_counter() - started
-        step += 1
-        if not math.isfinite(loss_value):
-            raise TrainingDiverged(
-                f"the loss is {loss_value} at step {step}; lower --lr (the last checkpoint is kept)"
-            )
-        floor = (
-            float(ace_core.entropy_floor(counts, reduction="mean", xp=xp)) if config.loss == "ace" else 0.0
+    window = _ProgressWindow()
+    final: dict[str, Any] = run.history["eval"][-1] if run.history["eval"] else {}
+    while run.step < config.steps:
+        lr = learning_rate(config, run.step)
+        result = training_step(
+            config,
+            run.task,
+            run.dataset,
+            run.model,
+            run.optimizer,
+            run.opt_state,
+            run.streams,
+            step=run.step,
+            lr=lr,
+            xp=run.xp,
+            device=run.device,
         )
-        step_times.append(elapsed)
-        history["train_seconds"] += elapsed
-        window_loss += loss_value
-        window_gap += loss_value - floor
-        window_time += elapsed
-        window_n += 1
-        if step % config.log_every == 0 or step == config.steps:
-            train_log = history["train"]
-            train_log["step"].append(step)
-            train_log["loss"].append(window_loss / window_n)
-            train_log["loss_minus_floor"].append(window_gap / window_n)
-            train_log["lr"].append(lr)
-            train_log["ms_per_step"].append(1e3 * window_time / window_n)
-            remaining = (config.steps - step) * window_time / window_n
-            gap_name = "loss-floor" if config.loss == "ace" else "loss"
-            log(
-                f"step {step:>{len(str(config.steps))}}/{config.steps}  "
-                f"{gap_name} {window_gap / window_n:.4f}  "
-                f"lr {lr:.2e}  {config.batch * window_n / window_time:,.0f} img/s  "
-                f"{1e3 * window_time / window_n:.0f} ms/step  eta {_format_seconds(remaining)}"
+        run.opt_state = result.opt_state
+        run.step += 1
+        if not math.isfinite(result.loss):
+            raise TrainingDiverged(
+                f"the loss is {result.loss} at step {run.step}; lower --lr (the last checkpoint is kept)"
             )
-            window_loss, window_gap, window_time, window_n = 0.0, 0.0, 0.0, 0
-        if step % config.eval_every == 0 or step == config.steps:
-            metrics = _tasks.evaluate(task, model, heldout, xp=xp, device=device)
-            final = {"step": step, "train_seconds": history["train_seconds"], **metrics}
-            history["eval"].append(final)
-            log(f"eval step {step}: {format_metrics(task, metrics)} ({config.eval_size} held-out images)")
-        if step % config.checkpoint_every == 0 or step == config.steps:
-            save(step)
+        step_times.append(result.seconds)
+        run.history["train_seconds"] += result.seconds
+        window.add(result.loss, result.floor, result.seconds)
+        if _due(run.step, config.log_every, config.steps):
+            window.report(run, lr, log)
+        if _due(run.step, config.eval_every, config.steps):
+            final = _evaluate(run, log)
+        if _due(run.step, config.checkpoint_every, config.steps):
+            _save(run)
 
     ms_per_step = 1e3 * float(np.median(step_times)) if step_times else float("nan")
     if out_dir is not None and plots:
-        _draw_plots(task, config, model, dataset, heldout, history, out_dir, xp=xp, device=device, log=log)
-    return TrainResult(config, model, dataset, history, final, step, ms_per_step, out_dir)
+        _draw_plots(run, out_dir, log)
+    return TrainResult(config, run.model, run.dataset, run.history, final, run.step, ms_per_step, out_dir)
 
 
-def _draw_plots(
-    task: _tasks.Task,
-    config: TrainConfig,
-    model: Any,
-    dataset: Any,
-    heldout: Any,
-    history: Mapping[str, Any],
-    out_dir: Path,
-    *,
-    xp: Any,
-    device: Any,
-    log: Callable[[str], None],
-) -> None:
+def _draw_plots(run: _Run, out_dir: Path, log: Callable[[str], None]) -> None:
+    """``learning_curves.png``, and ``prediction_map.png`` for the 2D tasks, into ``out_dir``."""
     try:
         from . import plots
     except ImportError as error:  # matplotlib missing: training results stand without pictures
         log(f"no plots: {error}")
         return
+    task, config, heldout = run.task, run.config, run.heldout
     try:
         plots.learning_curves(
-            history, out_dir / "learning_curves.png", task=task, title=f"ace train {config.task}"
+            run.history, out_dir / "learning_curves.png", task=task, title=f"ace train {config.task}"
         )
         if task.kind in ("bag", "count"):
             count = min(4, config.eval_size)
             images = np.asarray(heldout.images)[:count]
-            logits = _tasks.forward_in_chunks(model, images, xp=xp, device=device)
-            from ._array import to_host
-
+            logits = forward_in_chunks(run.model, images, xp=run.xp, device=run.device)
             plots.prediction_maps(
                 images,
                 to_host(logits),
                 out_dir / "prediction_map.png",
-                class_names=_tasks.class_names(dataset),
-                truths=_tasks.label_lists(task, heldout)[:count],
+                class_names=class_names(run.dataset),
+                truths=label_lists(task, heldout)[:count],
                 counts=task.kind == "count",
             )
     except ImportError as error:

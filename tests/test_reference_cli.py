@@ -15,6 +15,7 @@ pytest.importorskip("sklearn", reason="the digit tasks need the `reference` extr
 
 from PIL import Image  # noqa: E402
 
+import ace_core  # noqa: E402
 from ace_core.cli import main  # noqa: E402
 from ace_core.reference import tasks  # noqa: E402
 from ace_core.reference.predict import load_image  # noqa: E402
@@ -34,6 +35,7 @@ def test_train_crnn_smoke(tmp_path, capsys):
     captured = capsys.readouterr()
     assert code == 0, captured.err
     assert "sequence accuracy" in captured.out and "after 5 steps" in captured.out
+    assert "greedy" in captured.out and "ordered" in captured.out  # both readouts are reported
     assert "loss-floor" in captured.err and "img/s" in captured.err
     for name in ("checkpoint.npz", "config.json", "metrics.json", "learning_curves.png"):
         assert (out / name).is_file(), name
@@ -81,8 +83,16 @@ def test_predict_reads_what_the_model_reads(tmp_path, capsys):
     # The model's own reading of the 8-bit images, in memory:
     batch = np.concatenate([load_image(p, 16) for p in paths])
     logits, _ = result.model.forward(batch, train=False)
-    expected = tasks.readout(tasks.get_task("digits"), logits, result.dataset, xp=np)
+    task = tasks.get_task("digits")
+    expected = tasks.readout(task, logits, result.dataset, xp=np)  # greedy, the function's default
+    ordered = tasks.readout(task, logits, result.dataset, xp=np, sequence_readout="ordered")
+    assert [result.dataset.decode(x) for x in ace_core.decode_greedy(logits, xp=np)] == expected
+    assert [result.dataset.decode(x) for x in ace_core.decode_ordered(logits, xp=np)] == ordered
+    # ace predict reads count-ordered by default, greedily on request:
     assert main(["predict", str(tmp_path / "run"), *paths, "--backend", "numpy"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines == [f"{p}: {text}" for p, text in zip(paths, ordered, strict=True)]
+    assert main(["predict", str(tmp_path / "run"), *paths, "--readout", "greedy"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines == [f"{p}: {text}" for p, text in zip(paths, expected, strict=True)]
     # ...and mostly right, black-on-white files included (the model reads ~70% of the strings).
@@ -129,6 +139,39 @@ def test_predict_counts_and_bags(tmp_path, capsys):
 def test_predict_errors(tmp_path, capsys):
     assert main(["predict", str(tmp_path / "missing"), str(tmp_path / "x.png")]) == 2
     assert "no checkpoint" in capsys.readouterr().err
+    assert main(["predict", str(tmp_path / "missing"), str(tmp_path / "x.png"), "--readout", "best"]) == 2
+    assert "invalid choice: 'best'" in capsys.readouterr().err
+
+
+def test_readout_rejects_an_unknown_sequence_readout():
+    task = tasks.get_task("crnn")
+    dataset = tasks.build_dataset(task)
+    logits = np.zeros((1, 4, dataset.num_classes))
+    with pytest.raises(ValueError, match="`readout` must be one of greedy, ordered"):
+        tasks.readout(task, logits, dataset, xp=np, sequence_readout="best")
+    assert np.all(logits == 0)
+
+
+def test_training_options_take_their_defaults_from_the_one_table():
+    from ace_core.cli import build_parser
+    from ace_core.reference.defaults import SEQUENCE_READOUT, TRAIN_DEFAULTS, train_defaults
+
+    parser = build_parser()
+    args = parser.parse_args(["train", "count"])
+    for name in ("optimizer", "seed", "eval_size", "loss"):
+        assert getattr(args, name) == TRAIN_DEFAULTS[name], name
+    assert parser.parse_args(["predict", "run", "x.png"]).readout == SEQUENCE_READOUT == "ordered"
+    for name in tasks.TASKS:
+        config = TrainConfig(task=name, backend="numpy").resolved()
+        assert tasks.get_task(name).train_defaults == train_defaults(name)
+        for field, value in train_defaults(name).items():
+            assert getattr(config, field) == value, (name, field)
+        assert (
+            config.eval_size == TRAIN_DEFAULTS["eval_size"]
+            and config.log_every == TRAIN_DEFAULTS["log_every"]
+        )
+    assert TrainConfig(task="crnn", optimizer="adadelta", backend="numpy").resolved().lr == 1.0
+    assert train_defaults("count")["steps"] == 2000 and train_defaults("crnn")["steps"] == 3000
 
 
 def test_reproduce_smoke(tmp_path, capsys):

@@ -92,6 +92,10 @@ def test_crnn_learns_digit_strings_far_above_chance():
     # Chance of reading a 2-4 digit string exactly is at most 1/100.
     assert result.final["sequence_accuracy"] >= 0.5, result.final
     assert result.final["cer"] <= 0.2, result.final
+    # Both readouts are scored: greedy and count-ordered (the recipe's).
+    assert result.final["ordered_sequence_accuracy"] >= 0.5, result.final
+    assert result.final["ordered_cer"] <= 0.2, result.final
+    assert all("ordered_sequence_accuracy" in entry for entry in result.history["eval"])
 
 
 def test_prior_blank_bias_removes_the_plateau():
@@ -371,7 +375,7 @@ def test_experiment_order_gives_identical_weights(tmp_path):
 
 
 def _usable(name: str) -> bool:
-    from ace_core.backend_table import backend
+    from ace_core.bench.backend_table import backend
 
     return backend(name).usable
 

@@ -1,13 +1,13 @@
-"""Backend choice and CPU thread limits for the training driver.
+"""The array library and device a run trains on (NumPy on the CPU or CuPy on a GPU), and its CPU threads.
 
 The training reference runs on NumPy on the CPU and on CuPy on an NVIDIA GPU
 (the models are written with array-API operations only). The backends come
-from :mod:`ace_core.backend_table`, the one table that ``ace info`` and
+from :mod:`ace_core.bench.backend_table`, the one table that ``ace info`` and
 ``ace bench`` use, so "is CuPy usable here" has one answer project-wide.
 
 Examples
 --------
->>> from ace_core.reference._backend import select_backend
+>>> from ace_core.reference.array_library import select_backend
 >>> select_backend("numpy").name
 'numpy'
 """
@@ -18,15 +18,15 @@ import contextlib
 import warnings
 from collections.abc import Iterator
 
-from ace_core.backend_table import Backend, backend
+from ace_core.bench.backend_table import Backend, backend
 
-__all__ = ["BACKEND_CHOICES", "default_backend_name", "select_backend", "thread_limit"]
+__all__ = ["BACKEND_CHOICES", "TEST_BACKENDS", "default_backend_name", "select_backend", "thread_limit"]
 
 #: The backends ``ace train`` accepts: the CPU one and the GPU one.
 BACKEND_CHOICES = ("numpy", "cupy")
 #: Also accepted by :func:`select_backend`: array-api-strict, which the tests use to check that the
 #: driver assumes nothing of NumPy that CuPy would not do (it runs on the CPU, slowly).
-_TEST_BACKENDS = ("array_api_strict",)
+TEST_BACKENDS = ("array_api_strict",)
 
 
 def default_backend_name() -> str:
@@ -43,7 +43,7 @@ def select_backend(name: str | None = None) -> Backend:
 
     Returns
     -------
-    ace_core.backend_table.Backend
+    ace_core.bench.backend_table.Backend
 
     Raises
     ------
@@ -52,7 +52,7 @@ def select_backend(name: str | None = None) -> Backend:
         reason, e.g. "cupy is not installed", is in the message).
     """
     chosen = backend(name if name is not None else default_backend_name())
-    if chosen.name not in BACKEND_CHOICES + _TEST_BACKENDS:
+    if chosen.name not in BACKEND_CHOICES + TEST_BACKENDS:
         raise ValueError(f"the training reference runs on {' or '.join(BACKEND_CHOICES)}, not {chosen.name}")
     reason = chosen.unusable_reason()
     if reason is not None:
