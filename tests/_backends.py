@@ -1,4 +1,4 @@
-"""The array backends of the test suite: ``ace_core.backend_table`` seen from pytest.
+"""The array backends of the test suite: ``ace_core.bench.backend_table`` seen from pytest.
 
 The table says which backends exist, whether they are usable here (and why
 not), and how to move data; this module adds what tests need on top: pytest
@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from ace_core import backend_table
+from ace_core.bench import backend_table
 
 ALL_BACKENDS = tuple(entry.name for entry in backend_table.BACKENDS)
 GPU_BACKENDS = tuple(entry.name for entry in backend_table.BACKENDS if entry.gpu)

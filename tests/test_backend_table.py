@@ -1,4 +1,4 @@
-"""Tests of the backend table (``ace_core.backend_table``): names, usability, data on the device."""
+"""Tests of the backend table (``ace_core.bench.backend_table``): names, usability, data on the device."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import sys
 import numpy as np
 import pytest
 
-from ace_core import backend_table
-from ace_core.backend_table import BACKENDS, backend, usable_backends
+from ace_core.bench import backend_table
+from ace_core.bench.backend_table import BACKENDS, backend, usable_backends
 
 NAMES = ["numpy", "array_api_strict", "torch", "torch:cuda", "jax", "jax:gpu", "cupy"]
 FRAMEWORKS = ("torch", "jax", "cupy", "array_api_strict")
@@ -127,7 +127,7 @@ def test_info_is_json_ready():
 
 def test_listing_the_table_imports_no_framework():
     code = (
-        "import sys, ace_core; from ace_core import backend_table as t; "
+        "import sys, ace_core; from ace_core.bench import backend_table as t; "
         "assert [b.name for b in t.BACKENDS]; t.backend('torch-cuda'); "
         "[b.version() for b in t.BACKENDS]; "
         f"print(sorted(m for m in {FRAMEWORKS!r} if m in sys.modules))"

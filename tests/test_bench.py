@@ -13,16 +13,17 @@ import numpy as np
 import pytest
 
 import ace_core
-from ace_core import backend_table, bench
-from ace_core._machine import environment_header
-from ace_core.backend_table import BACKENDS
-from ace_core.reference.synthetic import (
+from ace_core import bench
+from ace_core.bench import backend_table
+from ace_core.bench.backend_table import BACKENDS
+from ace_core.bench.data import (
     MAX_TARGET_LENGTH,
     MIN_TARGET_LENGTH,
     synthetic_batch,
     synthetic_logits,
     synthetic_targets,
 )
+from ace_core.bench.machine import environment_header
 
 TINY = {"batch": 4, "steps": 16}
 
@@ -198,6 +199,15 @@ def test_case_and_record(backend):
         assert record.copy_into_ms is not None  # donated in-place copy
     else:
         assert record.jit is None
+    # out=: the same call into one reused buffer, where arrays are mutable.
+    if backend in ("numpy", "torch"):
+        assert record.ace_out_ms > 0 and record.out_speedup == pytest.approx(
+            record.ace_ms / record.ace_out_ms
+        )
+    else:
+        assert record.ace_out_ms is None and record.out_speedup is None
+    if backend == "numpy":
+        assert record.peak_out_bytes is not None and record.peak_bytes is not None
     if importlib.util.find_spec("torch") is not None:
         import torch
         import torch.nn.functional as F
@@ -223,14 +233,16 @@ def test_jax_eager_when_jit_disabled():
 
 
 def test_run_protocol_records_failures(monkeypatch):
-    real = bench.prepare_case
+    from ace_core.bench import protocol
+
+    real = protocol.prepare_case
 
     def flaky(backend, classes, **kwargs):
         if classes == 7:
             raise RuntimeError("boom")
         return real(backend, classes, **kwargs)
 
-    monkeypatch.setattr(bench, "prepare_case", flaky)
+    monkeypatch.setattr(protocol, "prepare_case", flaky)  # where run_protocol looks it up
     lines = []
     records = bench.run_protocol(
         "numpy", classes=[5, 7], repeat=1, min_time_s=0.0, progress=lines.append, **TINY

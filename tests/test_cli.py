@@ -10,7 +10,7 @@ import sys
 import pytest
 
 from ace_core import __version__
-from ace_core.backend_table import BACKENDS, backend
+from ace_core.bench.backend_table import BACKENDS, backend
 from ace_core.cli import main
 
 # Keys every successful ``ace bench --json`` record has (documented in ace_core.bench.BenchRecord).
@@ -173,7 +173,7 @@ def test_bench_half_dtype_needs_gpu_backend(capsys):
 
 def test_cli_imports_no_framework():
     code = (
-        "import sys, ace_core.cli, ace_core.bench, ace_core._machine; "
+        "import sys, ace_core.cli, ace_core.bench, ace_core.bench.machine; "
         "ace_core.cli.build_parser(); "
         "print(sorted(m for m in ('torch', 'jax', 'cupy', 'array_api_strict') if m in sys.modules))"
     )

@@ -1,21 +1,21 @@
 """The backend-parametrized base of the asv suite, on the SPEC §5 protocol.
 
-Every benchmark takes the backend (a name from :mod:`ace_core.backend_table`),
+Every benchmark takes the backend (a name from :mod:`ace_core.bench.backend_table`),
 the number of classes C and, for the losses, the dtype. The data are the
-protocol's seeded batch from :mod:`ace_core.reference.synthetic` (B = 64,
+protocol's seeded batch from :mod:`ace_core.bench.data` (B = 64,
 T = 144, target lengths 10..25, blank 0); the timed callables come from
 :func:`ace_core.bench.prepare_case` where it has them.
 
 A backend that is not installed, or a device that is missing, raises
 ``SkipNotImplemented`` in ``setup`` (the reason is
-:meth:`ace_core.backend_table.Backend.unusable_reason`); so does bfloat16 on
+:meth:`ace_core.bench.backend_table.Backend.unusable_reason`); so does bfloat16 on
 a CPU backend. Any other exception fails the benchmark, which fails the CI
 smoke test: a ``NotImplementedError`` raised by ace_core itself is turned
 into a ``RuntimeError`` so that asv does not take it for a skip.
 
 Each timed callable synchronises the device inside the call
-(:meth:`~ace_core.backend_table.Backend.synchronize`), JAX callables are
-compiled with :meth:`~ace_core.backend_table.Backend.jit` and called once in
+(:meth:`~ace_core.bench.backend_table.Backend.synchronize`), JAX callables are
+compiled with :meth:`~ace_core.bench.backend_table.Backend.jit` and called once in
 ``setup``, and every callable is called once in ``setup`` so that its buffers
 are touched before timing. Thread pools are pinned by the package's
 ``__init__`` (``ACE_ASV_THREADS``, default 1) and torch's intra-op threads
@@ -27,9 +27,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from ace_core import backend_table
-from ace_core._machine import set_torch_threads, warm_allocator
-from ace_core.reference.synthetic import CLASSES, SyntheticBatch, synthetic_batch
+from ace_core.bench import backend_table
+from ace_core.bench.data import CLASSES, SyntheticBatch, synthetic_batch
+from ace_core.bench.machine import set_torch_threads, warm_allocator
 
 from . import THREADS
 

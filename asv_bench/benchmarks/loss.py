@@ -38,10 +38,27 @@ class ForwardBackward(BackendBenchmark):
         self.case.ace()
 
 
+class ForwardBackwardOut(BackendBenchmark):
+    """``ace_loss_and_grad(..., out=buffer)``: ``case.ace_out``, the gradient written into one reused buffer.
+
+    Skipped where arrays are immutable (JAX).
+    """
+
+    def prepare(self, entry, classes, dtype):
+        data = protocol_data(classes)
+        self.case = prepare_case(entry.name, classes, dtype=dtype, with_ctc=False, data=data)
+        if self.case.ace_out is None:
+            raise SkipNotImplemented(f"{entry.library} arrays are immutable: no out=")
+        self.case.ace_out()
+
+    def time_forward_backward_out(self, backend, classes, dtype):
+        self.case.ace_out()
+
+
 class PeakMemory(BackendBenchmark):
     """Peak memory of one ``ace_loss_and_grad`` call above its inputs, gradient included.
 
-    Measured by :mod:`ace_core._bench_memory` (``BenchCase.memory``): NumPy with
+    Measured by :mod:`ace_core.bench.memory` (``BenchCase.memory``): NumPy with
     ``tracemalloc``, torch on CUDA with ``max_memory_allocated`` (plus CuPy's pool
     when torch's tensors ran on the CuPy kernels), CuPy by its pool's growth, JAX by
     XLA's plan for the compiled call. torch on the CPU has no counter (skipped).
@@ -57,6 +74,15 @@ class PeakMemory(BackendBenchmark):
 
     def track_peak_bytes(self, backend, classes, dtype):
         peak, how = self.case.memory()
+        if peak is None:
+            raise SkipNotImplemented(how)
+        return peak
+
+    def track_peak_bytes_out(self, backend, classes, dtype):
+        """The same with ``out=``: above the inputs and the buffer, so O(B·(T + C))."""
+        if self.case.memory_out is None:
+            raise SkipNotImplemented("no out= on this backend")
+        peak, how = self.case.memory_out()
         if peak is None:
             raise SkipNotImplemented(how)
         return peak
