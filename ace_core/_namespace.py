@@ -11,7 +11,6 @@ from collections.abc import Sequence
 from typing import Any
 
 import array_api_compat
-import numpy as np
 
 from ._typing import Array, ArrayNamespace, Device, DType
 
@@ -23,7 +22,6 @@ __all__ = [
     "is_floating",
     "is_integer",
     "library_of",
-    "to_numpy",
 ]
 
 
@@ -136,17 +134,3 @@ def compute_dtype(xp: ArrayNamespace, dtype: DType) -> DType:
     if dtype == xp.float32 or dtype == xp.float64:
         return dtype
     return xp.float32
-
-
-def to_numpy(x: Array) -> np.ndarray:
-    """Host copy of a (small) array, for results that must leave the device anyway."""
-    if array_api_compat.is_cupy_array(x):
-        return x.get()
-    if array_api_compat.is_torch_array(x):
-        return x.detach().cpu().numpy()
-    if array_api_compat.is_numpy_array(x):
-        return x
-    try:
-        return np.asarray(x)
-    except (TypeError, ValueError, RuntimeError):
-        return np.from_dlpack(x)

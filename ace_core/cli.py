@@ -3,7 +3,7 @@
 ``ace info`` lists the versions and, for each backend of
 :mod:`ace_core.bench.backend_table` (NumPy, array_api_strict, torch CPU/CUDA, JAX
 CPU/GPU, CuPy), whether it can run here and on which devices. ``ace bench``
-runs the benchmark protocol of SPEC §5 (:mod:`ace_core.bench`): ACE
+runs the benchmark protocol (:mod:`ace_core.bench`): ACE
 forward+backward against torch's CTC and against a device copy (the memory
 floor) on every usable backend. ``ace train`` trains a model of the training
 reference (:mod:`ace_core.reference.train`) with ACE, ``ace predict`` reads an
@@ -38,27 +38,9 @@ import sys
 from collections.abc import Sequence
 from typing import TextIO
 
+from ._argtypes import int_list, positive_int
+
 __all__ = ["main", "build_parser"]
-
-
-def _int_list(text: str) -> list[int]:
-    try:
-        values = [int(part) for part in text.split(",") if part.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
-    if not values:
-        raise argparse.ArgumentTypeError("expected at least one integer")
-    return values
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
-    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -88,7 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     bench = commands.add_parser(
         "bench",
-        help="ACE vs torch CTC vs the memory floor (SPEC §5 protocol)",
+        help="ACE vs torch CTC vs the memory floor (the benchmark protocol of the docs' contract page)",
         description="Median forward+backward time of ace_loss_and_grad, of torch's CTC "
         "(log_softmax + ctc_loss + backward, on the same device) and of a device copy of the "
         "scores, for each backend and number of classes. The fraction of the memory floor is "
@@ -116,21 +98,21 @@ def build_parser() -> argparse.ArgumentParser:
     )
     bench.add_argument(
         "--classes",
-        type=_int_list,
+        type=int_list,
         default=list(DEFAULT_CLASSES),
         help="comma-separated numbers of classes C, blank included "
         f"(default: {','.join(map(str, DEFAULT_CLASSES))})",
     )
-    bench.add_argument("--batch", type=_positive_int, default=DEFAULT_BATCH, help="B (default: %(default)s)")
+    bench.add_argument("--batch", type=positive_int, default=DEFAULT_BATCH, help="B (default: %(default)s)")
     bench.add_argument(
         "--steps",
-        type=_positive_int,
+        type=positive_int,
         default=DEFAULT_STEPS,
         help="T, prediction steps (default: %(default)s)",
     )
     bench.add_argument(
         "--repeat",
-        type=_positive_int,
+        type=positive_int,
         default=DEFAULT_REPEAT,
         help="at least this many timed calls per measurement; the median call is reported "
         "(default: %(default)s)",
@@ -153,7 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     bench.add_argument(
         "--threads",
-        type=_positive_int,
+        type=positive_int,
         default=None,
         help="set torch's intra-op threads for the run (default: torch's own choice, reported)",
     )

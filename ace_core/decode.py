@@ -14,8 +14,9 @@ from ._inputs import (
     raise_first_failure,
     sample_message,
 )
+from ._interop import to_numpy
 from ._kernel import where_valid
-from ._namespace import is_lazy, to_numpy
+from ._namespace import is_lazy
 from ._typing import Array, ArrayNamespace
 
 __all__ = ["decode_greedy", "decode_counts", "decode_ordered"]

@@ -24,6 +24,7 @@ from ._inputs import (
     check_flag,
     check_floor_counts,
     check_grad_output,
+    check_reduction,
     check_residuals,
     check_scores,
     prepare,
@@ -44,15 +45,9 @@ __all__ = [
     "entropy_floor",
 ]
 
-_REDUCTIONS = ("none", "sum", "mean")
 
-
-def _check_reduction(reduction: str) -> None:
-    if reduction not in _REDUCTIONS:
-        raise ValueError(f"`reduction` must be one of {_REDUCTIONS}, got {reduction!r}")
-
-
-def _reduce(xp: ArrayNamespace, per_sample: Array, reduction: Reduction) -> Array:
+def reduce_per_sample(xp: ArrayNamespace, per_sample: Array, reduction: Reduction) -> Array:
+    """The reduction of every loss: ``"none"`` keeps ``(B,)``, ``"sum"``, ``"mean"`` over the batch."""
     if reduction == "none":
         return per_sample
     total = xp.sum(per_sample)
@@ -180,6 +175,7 @@ def ace_forward(
     residuals : ACEResiduals
         O(B·(T + C)) arrays for :func:`ace_backward`.
     """
+    from_logits = check_flag(from_logits, "from_logits")
     prep = prepare(scores, counts, input_lengths=input_lengths, mask=mask, zero_infinity=zero_infinity, xp=xp)
     per_sample, residuals = _forward(prep, from_logits, zero_infinity)
     return prep.xp.astype(per_sample, scores.dtype), residuals
@@ -272,7 +268,7 @@ def ace_loss(
     >>> float(ace_loss(logits, counts))  # -(0.5 log 1/3 + 2 * 0.25 log 1/3) = log 3
     1.0986122886681098
     """
-    _check_reduction(reduction)
+    check_reduction(reduction)
     per_sample, _ = ace_forward(
         scores,
         counts,
@@ -283,7 +279,7 @@ def ace_loss(
         xp=xp,
     )
     xp = arrays_namespace(per_sample, xp=xp)
-    return _reduce(xp, per_sample, reduction)
+    return reduce_per_sample(xp, per_sample, reduction)
 
 
 def ace_loss_and_grad(
@@ -330,7 +326,8 @@ def ace_loss_and_grad(
     >>> g is grad
     True
     """
-    _check_reduction(reduction)
+    check_reduction(reduction)
+    from_logits = check_flag(from_logits, "from_logits")
     prep = prepare(scores, counts, input_lengths=input_lengths, mask=mask, zero_infinity=zero_infinity, xp=xp)
     xp = prep.xp
     if out is not None:
@@ -345,7 +342,7 @@ def ace_loss_and_grad(
         direct = False
         per_sample, residuals = _forward(prep, from_logits, zero_infinity)
         grad = _backward(xp, weights, prep.scores, prep.counts, residuals, prep.dtype, from_logits)
-    loss = xp.astype(_reduce(xp, per_sample, reduction), scores.dtype)
+    loss = xp.astype(reduce_per_sample(xp, per_sample, reduction), scores.dtype)
     if out is None:
         return loss, xp.astype(xp.reshape(grad, prep.shape), scores.dtype, copy=False)
     if not direct:
@@ -370,16 +367,7 @@ def regression_ace_loss(
     Takes the arguments of :func:`ace_loss`. The paper's Table 1 shows that it
     learns far worse than :func:`ace_loss`; it is here to reproduce that.
     """
-    return regression_ace_loss_and_grad(
-        scores,
-        counts,
-        input_lengths=input_lengths,
-        mask=mask,
-        from_logits=from_logits,
-        reduction=reduction,
-        xp=xp,
-        _with_grad=False,
-    )[0]
+    return _regression(scores, counts, input_lengths, mask, from_logits, reduction, xp, with_grad=False)[0]
 
 
 def regression_ace_loss_and_grad(
@@ -391,19 +379,33 @@ def regression_ace_loss_and_grad(
     from_logits: bool = True,
     reduction: Reduction = "mean",
     xp: ArrayNamespace | None = None,
-    _with_grad: bool = True,
-) -> tuple[Array, Array | None]:
+) -> tuple[Array, Array]:
     r"""Regression ACE and its gradient ``∂L/∂y_btk = Σ_t y_btk - N_bk`` (chained through softmax).
 
     Takes the arguments of :func:`regression_ace_loss`; returns ``(loss, grad)``.
     """
-    _check_reduction(reduction)
+    return _regression(scores, counts, input_lengths, mask, from_logits, reduction, xp, with_grad=True)
+
+
+def _regression(
+    scores: Array,
+    counts: Array,
+    input_lengths: Any,
+    mask: Array | None,
+    from_logits: bool,
+    reduction: Reduction,
+    xp: ArrayNamespace | None,
+    *,
+    with_grad: bool,
+) -> tuple[Array, Array | None]:
+    check_reduction(reduction)
+    from_logits = check_flag(from_logits, "from_logits")
     # Negative counts and rows that do not sum to T_b raise; T_b = 0 is fine (the loss is ½ Σ N² = 0).
     prep = prepare(scores, counts, input_lengths=input_lengths, mask=mask, allow_empty=True, xp=xp)
     xp = prep.xp
     per_sample, excess = regression_forward(xp, prep.scores, prep.counts, prep.valid, from_logits, prep.dtype)
-    loss = xp.astype(_reduce(xp, per_sample, reduction), scores.dtype)
-    if not _with_grad:
+    loss = xp.astype(reduce_per_sample(xp, per_sample, reduction), scores.dtype)
+    if not with_grad:
         return loss, None
     weights = _reduction_weights(prep, reduction)
     grad = regression_backward(xp, weights, prep.scores, excess, prep.valid, from_logits, prep.dtype)
@@ -438,7 +440,7 @@ def entropy_floor(counts: Array, *, reduction: Reduction = "none", xp: ArrayName
     >>> entropy_floor(np.array([[2, 1, 1]]))  # -(0.5 log 0.5 + 2 * 0.25 log 0.25)
     array([1.03972077])
     """
-    _check_reduction(reduction)
+    check_reduction(reduction)
     xp = arrays_namespace(counts, xp=xp, names=("counts",))
     check_floor_counts(xp, counts)
     dtype = counts.dtype if xp.isdtype(counts.dtype, "real floating") else _default_float(xp, counts)
@@ -447,7 +449,7 @@ def entropy_floor(counts: Array, *, reduction: Reduction = "none", xp: ArrayName
     n_bar = c / xp.where(total > 0, total, 1)
     # log of a placeholder 1 where N = 0, so that no 0 * -inf is ever formed.
     terms = xp.where(c > 0, n_bar * xp.log(xp.where(c > 0, n_bar, 1)), 0)
-    return _reduce(xp, -xp.sum(terms, axis=1), reduction)
+    return reduce_per_sample(xp, -xp.sum(terms, axis=1), reduction)
 
 
 def _default_float(xp: ArrayNamespace, x: Array) -> Any:

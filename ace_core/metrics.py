@@ -13,7 +13,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from ._namespace import to_numpy
+from ._interop import to_numpy
 from ._typing import Array
 
 __all__ = [

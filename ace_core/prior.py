@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 
 from ._inputs import is_array
-from ._namespace import to_numpy
+from ._interop import to_numpy
 
 __all__ = ["blank_prior_bias"]
 

@@ -6,7 +6,7 @@ Measure (a few minutes on a 2-core CPU; needs torch and JAX), then draw::
     python asv_bench/ace_vs_ctc_chart.py          # redraws docs/_static/ace_vs_ctc.png from the JSON
 
 ``--run`` runs ``ace bench --json`` (:func:`ace_core.bench.run_protocol`, the
-SPEC §5 protocol, whose callables the asv suite times too) on the numpy, torch
+benchmark protocol, whose callables the asv suite times too) on the numpy, torch
 and jax CPU backends for C in {37, 500, 2000, 7357}, with the asv suite's
 settings: the thread pools pinned as ``asv_bench/benchmarks/__init__.py`` pins
 them (``ACE_ASV_THREADS``, default 1) and torch's huge pages on (``--thp``).

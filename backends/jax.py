@@ -35,6 +35,7 @@ import numpy as np
 
 from ace_core import _kernel
 from ace_core._contract import ACEResiduals
+from ace_core._interop import numpy_view
 
 from ._common import mass_floor, pull_weights
 
@@ -132,7 +133,7 @@ def forward_logits(xp: Any, scores: jax.Array, valid: jax.Array | None, dtype: A
 
         from ace_core.backends import numpy as kernels
 
-        host = [None if x is None else np.asarray(x) for x in (scores, valid)]
+        host = [None if x is None else numpy_view(x) for x in (scores, valid)]
         return tuple(map(jnp.asarray, kernels.forward_logits(numpy_namespace, *host, np.dtype(dtype))))
     return _forward_logits(scores, valid, dtype=dtype)
 
@@ -192,7 +193,7 @@ def _forward_backward_numpy(grad_out, scores, counts, valid, lengths, dtype):
 
     from ace_core.backends import numpy as kernels
 
-    host = [None if x is None else np.asarray(x) for x in (grad_out, scores, counts, valid, lengths)]
+    host = [None if x is None else numpy_view(x) for x in (grad_out, scores, counts, valid, lengths)]
     out = _aligned_empty(tuple(scores.shape), np.dtype(dtype))
     *statistics, grad = kernels.forward_backward_logits(numpy_namespace, *host, np.dtype(dtype), out=out)
     return (*map(jnp.asarray, statistics), jnp.from_dlpack(grad))

@@ -37,6 +37,7 @@ import torch
 
 from ace_core import _kernel
 from ace_core._contract import ACEResiduals
+from ace_core._interop import cupy_view, map_arrays, numpy_view, torch_from_cupy
 
 from ._common import DENSE_MAX_CLASSES, mass_floor, on_valid_steps, per_mass_weights, pull_weights
 
@@ -79,16 +80,15 @@ def _call_cupy(function_name: str, args: tuple[Any, ...], dtype: torch.dtype, ou
     bits = scores.dtype == torch.bfloat16
 
     def to_cupy(value: Any) -> Any:
-        if isinstance(value, ACEResiduals):
-            return value._make(map(to_cupy, value))
-        if not isinstance(value, torch.Tensor):
-            return value
-        value = value.contiguous()
-        return cupy.from_dlpack(value.view(torch.int16) if value.dtype == torch.bfloat16 else value)
+        def view(x: Any) -> Any:
+            # The kernels read C-contiguous memory; a strided tensor is copied once here.
+            x = x.contiguous() if isinstance(x, torch.Tensor) else x
+            return cupy_view(x, bfloat16_bits=True)
+
+        return map_arrays(view, value)
 
     def to_torch(value: Any) -> torch.Tensor:
-        tensor = torch.from_dlpack(value)
-        return tensor.view(torch.bfloat16) if bits and tensor.ndim == 3 else tensor
+        return torch_from_cupy(value, bfloat16_bits=bits and value.ndim == 3)
 
     compute = cupy.dtype(str(dtype).removeprefix("torch."))
     device = scores.device
@@ -128,9 +128,7 @@ def _call_numpy(function_name: str, args: tuple[Any, ...], dtype: torch.dtype, o
     from ace_core.backends import numpy as kernels
 
     def to_numpy(value: Any) -> Any:
-        if isinstance(value, ACEResiduals):
-            return value._make(map(to_numpy, value))
-        return value.detach().numpy() if isinstance(value, torch.Tensor) else value
+        return map_arrays(numpy_view, value)
 
     compute = torch.empty((), dtype=dtype).numpy().dtype
     keywords = {} if out is None else {"out": to_numpy(out)}

@@ -22,8 +22,7 @@ from typing import Any, Literal
 import cupy
 
 import ace_core
-from ace_core import loss as _loss
-from ace_core._inputs import prepare
+from ace_core._interop import cupy_view
 
 __all__ = ["as_cupy", "ace_loss_and_grad"]
 
@@ -35,62 +34,7 @@ def as_cupy(x: Any) -> cupy.ndarray | None:
     unchanged. Host arrays (NumPy, CPU tensors) raise ``TypeError``: a silent
     host-to-device copy is what ACE never does.
     """
-    if x is None or isinstance(x, (int, list, tuple)):
-        return x
-    if isinstance(x, cupy.ndarray):
-        return x
-    if hasattr(x, "__dlpack_device__"):
-        device_type, _ = x.__dlpack_device__()
-        if device_type not in (2, 3):  # kDLCUDA, kDLCUDAHost
-            raise TypeError(
-                f"{type(x).__name__} lives on the host (DLPack device {device_type}); "
-                "move it to the GPU first"
-            )
-        return cupy.from_dlpack(x)
-    raise TypeError(f"expected a CuPy array or a DLPack GPU array, got {type(x).__name__}")
-
-
-def _check_out(out: Any, scores: cupy.ndarray) -> cupy.ndarray:
-    """``out`` as the kernels take it: a C-contiguous CuPy array of the scores' shape, dtype and device,
-    not overlapping them; ``TypeError``/``ValueError`` naming ``out`` otherwise."""
-    out = as_cupy(out)
-    if not isinstance(out, cupy.ndarray):
-        raise TypeError(f"`out` must be a CuPy (or DLPack GPU) array, got {type(out).__name__}")
-    if out.shape != scores.shape or out.dtype != scores.dtype:
-        raise ValueError(
-            f"`out` must have the shape {scores.shape} and dtype {scores.dtype} of `scores`, "
-            f"got {out.shape} and {out.dtype}"
-        )
-    if not out.flags.c_contiguous:
-        raise ValueError("`out` must be C-contiguous")
-    if out.device != scores.device:
-        raise ValueError(f"`out` is on {out.device}, `scores` on {scores.device}")
-    if cupy.may_share_memory(out, scores):
-        raise ValueError("`out` overlaps `scores`")
-    return out
-
-
-def _loss_and_grad_into(
-    out: cupy.ndarray,
-    scores: cupy.ndarray,
-    counts: Any,
-    input_lengths: Any,
-    mask: Any,
-    reduction: str,
-    zero_infinity: bool,
-) -> cupy.ndarray:
-    """:func:`ace_core.ace_loss_and_grad` from logits with the gradient written into ``out``.
-
-    The core's input preparation, reduction weights and reduction, and its
-    one-call forward and backward with ``out`` handed to the kernel.
-    """
-    _loss._check_reduction(reduction)
-    prep = prepare(scores, counts, input_lengths=input_lengths, mask=mask, zero_infinity=zero_infinity)
-    weights = _loss._reduction_weights(prep, reduction)
-    per_sample, _ = _loss._forward_backward_logits(
-        prep, weights, zero_infinity, out=out.reshape(prep.scores.shape)
-    )
-    return prep.xp.astype(_loss._reduce(prep.xp, per_sample, reduction), scores.dtype)
+    return cupy_view(x)
 
 
 def ace_loss_and_grad(
@@ -133,14 +77,12 @@ def ace_loss_and_grad(
     scores, counts, mask = as_cupy(scores), as_cupy(counts), as_cupy(mask)
     input_lengths = as_cupy(input_lengths)
     if out is not None:
-        if not isinstance(scores, cupy.ndarray):
-            raise TypeError(f"`scores` must be a CuPy (or DLPack GPU) array, got {type(scores).__name__}")
-        out = _check_out(out, scores)
+        out = as_cupy(out)
+        if not isinstance(out, cupy.ndarray):
+            raise TypeError(f"`out` must be a CuPy (or DLPack GPU) array, got {type(out).__name__}")
     with stream if stream is not None else contextlib.nullcontext():
-        if out is not None and from_logits:
-            loss = _loss_and_grad_into(out, scores, counts, input_lengths, mask, reduction, zero_infinity)
-            return loss, out
-        loss, grad = ace_core.ace_loss_and_grad(
+        # The core checks `out` and hands it to the fused kernels, which write the gradient into it.
+        return ace_core.ace_loss_and_grad(
             scores,
             counts,
             input_lengths=input_lengths,
@@ -148,8 +90,5 @@ def ace_loss_and_grad(
             from_logits=from_logits,
             reduction=reduction,
             zero_infinity=zero_infinity,
+            out=out,
         )
-        if out is not None:
-            cupy.copyto(out, grad)
-            grad = out
-    return loss, grad

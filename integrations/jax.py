@@ -36,7 +36,7 @@ import ace_core
 from ace_core import ACEResiduals
 from ace_core._inputs import check_class_index, prepare_scores
 
-__all__ = ["ace_loss", "ace_loss_from_counts", "ctc_with_ace_loss"]
+__all__ = ["ace_loss", "ace_loss_from_counts", "ctc_with_ace_loss", "init_blank_bias"]
 
 
 def _forward(
@@ -347,6 +347,3 @@ def init_blank_bias(bias: jax.Array, value: float, *, blank: int = 0) -> jax.Arr
     if not abs(float(value)) < float("inf"):  # NaN fails too
         raise ValueError(f"`value` must be finite, got {value!r}")
     return jnp.zeros_like(bias).at[blank].set(value)
-
-
-__all__ += ["init_blank_bias"]

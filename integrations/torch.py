@@ -32,10 +32,9 @@ from torch import Tensor
 
 import ace_core
 from ace_core._inputs import check_class_index, check_flag, check_reduction, prepare_scores, valid_steps
-from ace_core.loss import ACEResiduals
-from ace_core.loss import _reduce as reduce_per_sample
+from ace_core.loss import ACEResiduals, reduce_per_sample
 
-__all__ = ["ACELoss", "CTCWithACELoss", "ace_loss", "ctc_with_ace_loss"]
+__all__ = ["ACELoss", "CTCWithACELoss", "ace_loss", "ctc_with_ace_loss", "init_blank_bias_"]
 
 Layout = Literal["TNC", "NTC", "NHWC"]
 _LAYOUTS = ("TNC", "NTC", "NHWC")
@@ -513,6 +512,3 @@ def init_blank_bias_(layer: torch.nn.Module, bias: float, *, blank: int = 0) -> 
         current.zero_()
         current[blank] = float(bias)
     return layer
-
-
-__all__ += ["init_blank_bias_"]

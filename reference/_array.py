@@ -13,7 +13,7 @@ from typing import Any
 import array_api_compat
 import numpy as np
 
-from ace_core._namespace import to_numpy as _to_numpy
+from ace_core._interop import to_numpy as _to_numpy
 from ace_core._typing import Array, ArrayNamespace
 
 __all__ = [

@@ -22,6 +22,8 @@ import json
 from collections.abc import Callable
 from typing import Any, TextIO
 
+from ace_core._argtypes import positive_float, positive_int
+
 from .array_library import BACKEND_CHOICES
 from .defaults import ADADELTA_LR, BLANK_BIAS, SEQUENCE_READOUT, TRAIN_DEFAULTS, describe
 from .experiments import REPRODUCTIONS
@@ -32,35 +34,11 @@ __all__ = [
     "TRAINING_COMMANDS",
     "add_training_commands",
     "run",
-    "positive_int",
-    "positive_float",
     "blank_bias",
 ]
 
 #: The subcommands this module defines.
 TRAINING_COMMANDS = ("train", "predict", "reproduce")
-
-
-def positive_int(text: str) -> int:
-    """An ``argparse`` type: an integer >= 1."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
-    return value
-
-
-def positive_float(text: str) -> float:
-    """An ``argparse`` type: a number > 0."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {value}")
-    return value
 
 
 def blank_bias(text: str) -> str | float:

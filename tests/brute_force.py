@@ -1,13 +1,13 @@
 """An independent float64 brute force of everything ace_core computes.
 
-Nothing here comes from ace_core: the math is written out again from SPEC
-section 1 in plain Python loops over NumPy data (``math.exp``/``math.log``,
+Nothing here comes from ace_core: the math is written out again from the math of the contract
+(docs/contract.rst) in plain Python loops over NumPy data (``math.exp``/``math.log``,
 ``math.fsum`` for sums), as slowly and literally as possible, so that a shared
 mistake is unlikely. Shapes are tiny in the tests; speed does not matter.
 
 Conventions: ``scores`` is ``(B, T, C)`` or ``(B, H, W, C)`` (class axis last,
 2D maps read row by row: h outer, w inner); ``valid`` is ``None`` (every step),
-a ``(B, T)`` or ``(B, H, W)`` boolean array. A sample that the SPEC calls
+a ``(B, T)`` or ``(B, H, W)`` boolean array. A sample that the contract calls
 infeasible (``T_b = 0`` or a negative count) gets ``nan`` here; tests decide
 what the library must give instead (an error, or 0 with ``zero_infinity``).
 """

@@ -1,5 +1,5 @@
-"""SPEC section 2: bad input gives the named error, names the argument or the sample,
-and leaves the inputs as they were; read-only NumPy inputs work.
+"""The contract's bad-input rules (docs/contract.rst): bad input gives the named error, names the
+argument or the sample, and leaves the inputs as they were; read-only NumPy inputs work.
 
 Every case puts the bad value in sample 1 of 3 (samples 0 and 2 are fine), so
 that "sample 1" in the message shows that the right sample was found.
@@ -576,7 +576,7 @@ MIXED_CALLS = [
 @pytest.mark.parametrize("call", MIXED_CALLS)
 @pytest.mark.parametrize("pair", _library_pairs())
 def test_arrays_from_two_libraries_raise_type_error(pair, call):
-    # SPEC: never a silent copy between libraries (or to the host).
+    # The contract: never a silent copy between libraries (or to the host).
     first, second = load_backend(pair[0]), load_backend(pair[1])
     scores, counts = _good_scores(), _good_counts()
     s, c = first.asarray(scores), first.asarray(counts)
@@ -626,7 +626,7 @@ def test_arrays_from_two_libraries_raise_type_error_with_explicit_xp(pair):
 @pytest.mark.gpu
 @pytest.mark.parametrize("gpu_name", selected_backends(("torch:cuda", "jax:gpu", "cupy")))
 def test_arrays_on_two_devices_raise(gpu_name):
-    # SPEC: never a silent copy between devices; counts or input_lengths on another device raise.
+    # The contract: never a silent copy between devices; counts or input_lengths on another device raise.
     gpu = load_backend(gpu_name)
     scores, counts = _good_scores(), _good_counts()
     lengths = np.array([4, 4, 4])

@@ -16,6 +16,7 @@ import math
 import brute_force
 import numpy as np
 import pytest
+from _fuzz import examples
 from _helpers import assert_unchanged, random_mask
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
@@ -236,7 +237,7 @@ def test_matches_loops_2d(backend, masked, order):
 
 
 # The properties run on NumPy (each example is a few calls); the backends meet the loop above.
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=examples(40), deadline=None)
 @given(
     seed=st.integers(0, 2**32 - 1),
     batch=st.integers(1, 3),
@@ -255,7 +256,7 @@ def test_property_matches_loops(seed, batch, steps, classes, scale, use_lengths)
     assert ace_core.decode_ordered(logits, input_lengths=lengths) == expected
 
 
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=examples(40), deadline=None)
 @given(seed=st.integers(0, 2**32 - 1), steps=st.integers(1, 10), classes=st.integers(2, 6))
 def test_property_counts_and_reading_order(seed, steps, classes):
     # Each class is read floor(mass + 1/2) times (decode_counts' readout away from .5), and a
@@ -276,7 +277,7 @@ def test_property_counts_and_reading_order(seed, steps, classes):
         assert read.tolist() == want.tolist()
 
 
-@settings(max_examples=25, deadline=None)
+@settings(max_examples=examples(25), deadline=None)
 @given(labels=st.lists(st.integers(1, 4), min_size=0, max_size=6), width=st.integers(1, 3))
 def test_property_clean_peaks_read_the_label(labels, width):
     # Each label held by `width` one-hot steps, a blank step after it: repeats included, read exactly.

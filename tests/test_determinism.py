@@ -1,4 +1,4 @@
-"""SPEC section 2: the same inputs on the same device give bitwise the same outputs."""
+"""The contract (docs/contract.rst): the same inputs on the same device give bitwise the same outputs."""
 
 from __future__ import annotations
 

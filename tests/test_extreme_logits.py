@@ -14,6 +14,7 @@ import brute_force
 import mpmath
 import numpy as np
 import pytest
+from _fuzz import examples
 from _helpers import assert_close
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -176,7 +177,9 @@ def finite_problems(draw):
     return scores, counts, dtype, reduction
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=examples(60), deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(problem=finite_problems())
 def test_gradient_is_bounded_for_any_finite_logits(backend, problem):
     scores, counts, dtype, reduction = problem

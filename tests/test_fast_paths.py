@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import pytest
 from _backends import Backend, backend_params, load_backend
+from _fuzz import examples
 from _helpers import assert_close
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -254,7 +255,9 @@ def property_fast(request: pytest.FixtureRequest) -> tuple[Backend, ModuleType]:
         yield load_fast(request.param, monkeypatch)
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=examples(40), deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(
     batch=st.integers(1, 4),
     steps=st.integers(1, 12),

@@ -109,7 +109,7 @@ def test_backward_weights_each_sample_by_grad_output(backend):
 
 
 def test_residuals_hold_no_per_step_class_buffer(backend):
-    # SPEC: what the backward keeps is O(B·C + B·T); nothing of shape (B, T, C).
+    # The contract: what the backward keeps is O(B·C + B·T); nothing of shape (B, T, C).
     case = make_case("1d_lengths", True)
     _, residuals = ace_core.ace_forward(
         backend.asarray(case.scores), backend.asarray(case.counts), **case.keywords(backend)

@@ -37,7 +37,7 @@ def test_numpy_use_imports_no_framework():
 
 
 def test_public_names():
-    # SPEC section 3: the public surface is importable from the package.
+    # The contract's public surface (docs/contract.rst) is importable from the package.
     for name in (
         "ace_loss",
         "ace_loss_and_grad",

@@ -59,7 +59,8 @@ def test_out_buffer_and_stream():
     np.testing.assert_allclose(out.get(), expected, rtol=1e-10, atol=1e-14)
 
 
-@pytest.mark.parametrize("dtype", ["float32", "float16"])
+# float16/bfloat16 accumulate in float32, so the core copies their gradient into `out` once.
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
 def test_out_is_written_by_the_kernel_without_a_copy(monkeypatch, dtype):
     import cupy
 
@@ -93,7 +94,7 @@ def test_out_is_written_by_the_kernel_without_a_copy(monkeypatch, dtype):
         reduction="none",
         zero_infinity=True,
     )
-    rtol = {"float32": 1e-5, "float16": 1e-2}[dtype]
+    rtol = {"float32": 1e-5, "float64": 1e-10}[dtype]
     np.testing.assert_allclose(loss.get().astype(np.float64), want_loss, rtol=rtol, atol=1e-4)
     np.testing.assert_allclose(out.get().astype(np.float64), want_grad, rtol=rtol, atol=1e-3)
     assert np.all(out.get()[1] == 0)
@@ -108,7 +109,7 @@ def test_bad_out_buffers_raise_and_change_nothing():
     scores, counts, lengths = _problem()
     device_scores = cupy.asarray(scores)
     cases = [
-        (ValueError, cupy.empty((B, T, C), dtype=cupy.float32)),  # dtype
+        (TypeError, cupy.empty((B, T, C), dtype=cupy.float32)),  # dtype
         (ValueError, cupy.empty((B, T, C + 1))),  # shape
         (ValueError, cupy.empty((B, C, T)).transpose(0, 2, 1)),  # not C-contiguous
         (ValueError, device_scores),  # overlaps the scores

@@ -30,9 +30,9 @@ PACKAGES = {
     "integrations": "ace_core.integrations",
     "reference": "ace_core.reference",
 }
-TOOLING = ("ace_core.bench", "ace_core.cli", "ace_core.reference")
-#: Modules of ace_core/ that are not math: the CLI, and aliases kept for one release.
-NOT_MATH = {"cli.py", "backend_table.py"}
+TOOLING = ("ace_core.bench", "ace_core.cli", "ace_core._argtypes", "ace_core.reference")
+#: Modules of ace_core/ that are not math: the CLI and its argument types, and aliases kept for one release.
+NOT_MATH = {"cli.py", "_argtypes.py", "backend_table.py"}
 
 
 def _module_name(path: Path) -> str:

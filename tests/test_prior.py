@@ -11,6 +11,7 @@ import math
 
 import numpy as np
 import pytest
+from _fuzz import examples
 from _helpers import assert_unchanged
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -49,7 +50,7 @@ def test_lengths_and_steps(backend):
     assert _blank_probability(per_sample, 5) == pytest.approx((3 / 4 + 6 / 8) / 2, rel=1e-12)
 
 
-@settings(max_examples=50, deadline=None)
+@settings(max_examples=examples(50), deadline=None)
 @given(
     lengths=st.lists(st.integers(0, 10), min_size=1, max_size=6).filter(any),  # some character
     extra=st.integers(1, 20),

@@ -1,4 +1,4 @@
-"""Hypothesis: random shapes, lengths, dtypes and labels; the invariants of SPEC section 1.
+"""Hypothesis: random shapes, lengths, dtypes and labels; the invariants of the math (docs/contract.rst).
 
 Runs on numpy and torch (``property_backend``). Each example is also checked
 against the brute force (loss) and its central differences (gradient), on the

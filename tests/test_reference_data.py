@@ -17,6 +17,7 @@ from collections import Counter
 
 import numpy as np
 import pytest
+from _fuzz import examples
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -403,7 +404,7 @@ def test_counting_counts_and_pixels():
     max_total=st.integers(0, 12),
     seed=st.integers(0, 2**32 - 1),
 )
-@settings(max_examples=25, deadline=None)
+@settings(max_examples=examples(25), deadline=None)
 def test_counting_respects_limits(classes, max_per_class, max_total, seed):
     shapes = ("circle", "square", "triangle", "cross")
     task = CountingCanvas(classes=classes, max_per_class=max_per_class, max_total=max_total, shapes=shapes)
@@ -454,7 +455,7 @@ def test_shape_masks():
     fill=st.floats(0.0, 1.0),
     seed=st.integers(0, 2**32 - 1),
 )
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=examples(60), deadline=None)
 def test_place_boxes_property(canvas, cell, gap, fill, seed):
     capacity = _render.grid_capacity(canvas, cell, gap)
     count = round(fill * capacity)

@@ -313,7 +313,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         passed = run_tests(bool(usable), args.test_timeout)
 
-    _say("\n## Benchmark (SPEC §5: B = 64, T = 144, target lengths 10..25; medians)\n")
+    _say("\n## Benchmark (the benchmark protocol: B = 64, T = 144, target lengths 10..25; medians)\n")
     rows: list[dict[str, Any]] = []
     table: list[str] = []
     if args.no_bench:

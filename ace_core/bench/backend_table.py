@@ -35,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-from .._namespace import to_numpy
+from .._interop import to_numpy
 from .._typing import Array, ArrayNamespace
 
 __all__ = ["Backend", "BACKENDS", "backend", "usable_backends", "library_version"]

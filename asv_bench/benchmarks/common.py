@@ -1,4 +1,4 @@
-"""The backend-parametrized base of the asv suite, on the SPEC §5 protocol.
+"""The backend-parametrized base of the asv suite, on the benchmark protocol (docs: The contract).
 
 Every benchmark takes the backend (a name from :mod:`ace_core.bench.backend_table`),
 the number of classes C and, for the losses, the dtype. The data are the
@@ -69,7 +69,7 @@ def require(name: str, dtype: str = "float32") -> backend_table.Backend:
     if reason is not None:
         raise SkipNotImplemented(f"{entry.name}: {reason}")
     if dtype in _HALF and not entry.gpu:
-        raise SkipNotImplemented(f"{dtype} is benchmarked on GPU backends only (SPEC §5), not {entry.name}")
+        raise SkipNotImplemented(f"{dtype} is benchmarked on GPU backends only, not {entry.name}")
     problem = entry.dtype_problem(dtype)
     if problem is not None:
         raise SkipNotImplemented(problem)

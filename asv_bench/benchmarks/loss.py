@@ -1,4 +1,4 @@
-"""The ACE loss on the SPEC §5 protocol: forward, forward + backward, memory.
+"""The ACE loss on the benchmark protocol: forward, forward + backward, memory.
 
 Parameters: backend × C ∈ {37, 7357} × dtype ∈ {float32, bfloat16 (GPU only)}.
 """

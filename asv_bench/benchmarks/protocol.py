@@ -1,4 +1,4 @@
-"""The derived figures of SPEC §5, each measured by :func:`ace_core.bench.run_case` in one process.
+"""The derived figures of the benchmark protocol, measured by :func:`ace_core.bench.run_case` in one process.
 
 ``run_case`` times ACE, torch's CTC on the same data (on the same hardware)
 and the device copies that set the memory floor, one after the other, in the
