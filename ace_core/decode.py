@@ -207,8 +207,9 @@ def decode_ordered(
     .. math:: \tau_{bkj} = t + \frac{j - \tfrac12 - M_{bk}(t - 1)}{y_{btk}}
        \quad\text{for the step } t \text{ with } M_{bk}(t-1) < j - \tfrac12 \le M_{bk}(t).
 
-    So class :math:`k` occurs :math:`n_{bk} = \lfloor \sum_t y_{btk} + \tfrac12 \rfloor`
-    times (its rounded mass, as :func:`decode_counts` reads it), and the
+    So class :math:`k` occurs :math:`n_{bk} = \operatorname{round}(\sum_t y_{btk})`
+    times (its rounded mass, exactly as :func:`decode_counts` reads it, half to
+    even), and the
     label sequence is every occurrence sorted by :math:`\tau` (ties: the
     smaller class id first). Unlike :func:`decode_greedy`, a character whose
     unit of mass is spread over several steps, none of them above the blank,
@@ -277,7 +278,9 @@ def decode_ordered(
     # The decoder syncs with the host anyway (its output is host lists), so it always checks.
     raise_first_failure(xp, [(xp.any(~xp.isfinite(mass), axis=1), _non_finite_message)])
     class_ids = xp.arange(classes, device=device)
-    occurs = (xp.floor(mass + 0.5) >= 1) & (class_ids != blank)[None, :]
+    # The multiset is decode_counts' (round half to even); the crossings below only place it.
+    rounded = xp.round(mass)
+    occurs = (rounded >= 1) & (class_ids != blank)[None, :]
     width = int(xp.max(xp.sum(xp.astype(occurs, xp.int32), axis=1)))
     if width == 0:
         return [[] for _ in range(batch)]
@@ -285,6 +288,7 @@ def decode_ordered(
     # The classes that occur, first and in increasing id (a stable sort), then padding.
     slots = xp.argsort(xp.astype(~occurs, xp.int8), axis=1, stable=True)[:, :width]  # (B, K)
     slot_occurs = xp.take_along_axis(occurs, slots, axis=1)
+    slot_count = xp.take_along_axis(rounded, slots, axis=1)  # (B, K): n of each gathered class
     gathered = xp.take_along_axis(
         prep.scores, xp.broadcast_to(slots[:, None, :], (batch, steps, width)), axis=2
     )
@@ -298,9 +302,10 @@ def decode_ordered(
 
     cumulative = xp.cumulative_sum(y, axis=1)  # M(t)
     before = cumulative - y  # M(t - 1)
-    # floor(M + 1/2) occurrences are complete after a step; y <= 1 adds at most one per step.
+    # floor(M + 1/2) occurrences are complete after a step; y <= 1 adds at most one per step. The
+    # count is capped at n, so that a cumulative sum rounded across k + 1/2 adds no extra occurrence.
     level = xp.floor(cumulative + 0.5)
-    crossed = (level > xp.floor(before + 0.5)) & slot_occurs[:, None, :]
+    crossed = (level > xp.floor(before + 0.5)) & (level <= slot_count[:, None, :]) & slot_occurs[:, None, :]
     step_index = xp.astype(xp.arange(steps, device=device), dtype)[None, :, None]
     inside = xp.clip((level - 0.5 - before) / xp.where(crossed, y, 1), 0.0, 1.0)
     position = xp.where(crossed, step_index + inside, math.inf)

@@ -119,8 +119,8 @@ def test_the_half_crossing_sets_the_place():
 
 
 def test_ties_read_the_smaller_class_first(backend):
-    # Classes 1 and 2 each hold 1/2 of the single step: both cross 1/2 at its end.
-    y = _probabilities([[[0, 0.5, 0.5]], [[0, 0.5, 0.5]]])
+    # Classes 1 and 2 each gather 0.3 + 0.5: both cross 1/2 at 0.4 of the second step.
+    y = _probabilities([[[0.4, 0.3, 0.3], [0, 0.5, 0.5]], [[0.4, 0.3, 0.3], [0, 0.5, 0.5]]])
     assert ace_core.decode_ordered(backend.asarray(y), from_logits=False) == [[1, 2], [1, 2]]
 
 
@@ -275,6 +275,41 @@ def test_property_counts_and_reading_order(seed, steps, classes):
         want = np.floor(mass[b] + 0.5).astype(np.int64)
         want[0] = 0
         assert read.tolist() == want.tolist()
+
+
+def test_exact_half_masses_round_as_decode_counts(backend):
+    # Masses of exactly 0.5, 1.5 and 2.5 (sums of quarters, exact in float64) round half to even,
+    # as decode_counts reads them: 0, 2 and 2 occurrences.
+    rows = [
+        [0.5, 0.25, 0.25, 0.0],
+        [0.25, 0.25, 0.25, 0.25],
+        [0.0, 0.0, 0.5, 0.5],
+        [0.0, 0.0, 0.5, 0.5],
+        [0.5, 0.0, 0.0, 0.5],
+        [0.25, 0.0, 0.0, 0.75],
+    ]
+    y = backend.asarray(np.array([rows]), "float64")
+    assert np.array(rows).sum(axis=0)[1:].tolist() == [0.5, 1.5, 2.5]
+    counts = backend.to_numpy(ace_core.decode_counts(y, from_logits=False))[0]
+    read = np.bincount(
+        np.array(ace_core.decode_ordered(y, from_logits=False)[0], dtype=np.int64), minlength=4
+    )
+    assert read[1:].tolist() == counts[1:].tolist() == [0, 2, 2]
+
+
+@settings(max_examples=examples(40), deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), steps=st.integers(1, 12), classes=st.integers(2, 6))
+def test_property_the_multiset_is_decode_counts(seed, steps, classes):
+    # Whatever the masses (half-integers included: probabilities in quarters), the classes read
+    # are exactly the rounded counts of decode_counts.
+    rng = np.random.default_rng(seed)
+    quarters = rng.multinomial(4, np.ones(classes) / classes, size=(2, steps)) / 4
+    counts = ace_core.decode_counts(quarters, from_logits=False)
+    decoded = ace_core.decode_ordered(quarters, from_logits=False)
+    for b in range(2):
+        read = np.bincount(np.array(decoded[b], dtype=np.int64), minlength=classes)
+        read[0] = counts[b, 0]
+        assert read.tolist() == counts[b].tolist()
 
 
 @settings(max_examples=examples(25), deadline=None)
