@@ -5,9 +5,7 @@ Kept for one release.
 
 from __future__ import annotations
 
-import importlib
-import warnings
-from typing import Any
+from ace_core._moved import moved_to
 
 __all__ = [  # noqa: F822 - the names are served by __getattr__
     "BATCH",
@@ -22,14 +20,4 @@ __all__ = [  # noqa: F822 - the names are served by __getattr__
     "synthetic_batch",
 ]
 
-
-def __getattr__(name: str) -> Any:
-    # A warning on use, not on import: collecting this module (doctests, tools) stays quiet.
-    if name not in __all__:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    warnings.warn(
-        f"{__name__} is deprecated; import {name} from ace_core.bench.data instead",
-        DeprecationWarning,
-        stacklevel=2,
-    )
-    return getattr(importlib.import_module("ace_core.bench.data"), name)
+__getattr__ = moved_to(__name__, "ace_core.bench.data", __all__)

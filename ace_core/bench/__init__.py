@@ -16,46 +16,7 @@ the core (the loss it times) and no framework until a backend is asked for.
 
 from __future__ import annotations
 
-from .protocol import (
-    DEFAULT_BACKEND_EXCLUDED,
-    DEFAULT_BATCH,
-    DEFAULT_CLASSES,
-    DEFAULT_DTYPE,
-    DEFAULT_MIN_TIME_S,
-    DEFAULT_REPEAT,
-    DEFAULT_STEPS,
-    DTYPES,
-    BenchCase,
-    BenchError,
-    BenchRecord,
-    Timing,
-    device_inputs,
-    measure,
-    prepare_case,
-    run_case,
-    run_protocol,
-    select_backends,
-    target_length_range,
-)
+from . import protocol
+from .protocol import *  # noqa: F403 - the protocol's public names are the package's
 
-__all__ = [
-    "DEFAULT_BACKEND_EXCLUDED",
-    "DEFAULT_BATCH",
-    "DEFAULT_STEPS",
-    "DEFAULT_CLASSES",
-    "DEFAULT_DTYPE",
-    "DEFAULT_REPEAT",
-    "DEFAULT_MIN_TIME_S",
-    "DTYPES",
-    "BenchError",
-    "BenchCase",
-    "BenchRecord",
-    "Timing",
-    "select_backends",
-    "prepare_case",
-    "device_inputs",
-    "measure",
-    "run_case",
-    "run_protocol",
-    "target_length_range",
-]
+__all__ = protocol.__all__
