@@ -28,6 +28,7 @@ from cuda_host.problems import (
     accumulation,
     as_float64,
     bfloat16_bits,
+    large_logits_problem,
     make_problem,
     reference,
     residuals,
@@ -402,22 +403,7 @@ def test_samples_without_valid_steps_stay_apart(fused):
 @pytest.mark.parametrize("storage", ["float64", "float32"])
 @pytest.mark.parametrize("kind", ["1e4", "30"])
 def test_large_logits_match_generic_kernel(fused, storage, kind):
-    problem = make_problem(3, 10, 6, "lengths", seed=2)  # sample 1 has T_b = 0
-    if kind == "1e4":
-        # y underflows to 0 for every class but 0, even in float64; r stays finite in log space
-        logits = np.full(problem.logits.shape, -1e4)
-        logits[:, :, 0] = 1e4
-        logits[0, ::2, 3] = 30.0
-        logits[2, :, 1] = 0.0
-    else:
-        # y of the others ~ 1e-13: the two-part log-normalizer keeps y of class 0 near 1 exact
-        logits = np.zeros(problem.logits.shape)
-        logits[:, :, 0] = 30.0
-    problem.logits = logits
-    problem.counts[:] = 0
-    problem.counts[:, 5] = problem.lengths > 0  # a label whose class has (almost) no mass
-    problem.counts[:, 0] = problem.lengths - problem.counts[:, 5]
-    problem.grad_out[:] = 1.0
+    problem = large_logits_problem(kind)
     results, values = run_fused(fused, problem, storage)
     compare(problem, results, reference(problem, values), storage)
     grad = results[4]

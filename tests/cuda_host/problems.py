@@ -110,6 +110,30 @@ def make_problem(
     return Problem(logits, valid, per_sample.astype(np.float64), counts, grad_out)
 
 
+def large_logits_problem(kind: str) -> Problem:
+    """A (3, 10, 6) problem (sample 1 has T_b = 0) whose logits are extreme, labelled with a class of no mass.
+
+    ``"1e4"``: y underflows to 0 for every class but 0, even in float64; r stays
+    finite in log space. ``"30"``: y of the others is ~1e-13; the two-part
+    log-normalizer keeps y of class 0 near 1 exact.
+    """
+    problem = make_problem(3, 10, 6, "lengths", seed=2)
+    if kind == "1e4":
+        logits = np.full(problem.logits.shape, -1e4)
+        logits[:, :, 0] = 1e4
+        logits[0, ::2, 3] = 30.0
+        logits[2, :, 1] = 0.0
+    else:
+        logits = np.zeros(problem.logits.shape)
+        logits[:, :, 0] = 30.0
+    problem.logits = logits
+    problem.counts[:] = 0
+    problem.counts[:, 5] = problem.lengths > 0
+    problem.counts[:, 0] = problem.lengths - problem.counts[:, 5]
+    problem.grad_out[:] = 1.0
+    return problem
+
+
 def residuals(statistics: tuple[Any, ...], valid: Any, lengths: Any) -> ACEResiduals:
     """:class:`ACEResiduals` of feasible samples from the four statistics of a forward (any namespace)."""
     xp = array_namespace(lengths)
