@@ -69,7 +69,12 @@ class KernelFunctions(Protocol):
     A fast path's backward must accept residuals made by the generic forward
     (any split of the two statistics into shift and log-sum) and keep
     ``r = y / Σ_t y`` in [0, 1]. Samples are assumed feasible: the caller
-    masks infeasible ones with ``residuals.keep`` and ``residuals.drop_value``.
+    masks infeasible ones with ``residuals.keep`` and ``residuals.drop_value``,
+    unless the module sets ``MASKS_INFEASIBLE = True``. Then its
+    ``backward_logits`` applies ``residuals.keep`` and ``residuals.drop_value``
+    itself, and its ``forward_backward_logits`` takes them as the keywords
+    ``keep`` and ``drop_value`` (``keep=None``: every sample is feasible), so
+    that the mask costs no pass of its own over the gradient.
     """
 
     def forward_logits(

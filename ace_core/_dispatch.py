@@ -44,6 +44,9 @@ class Kernel:
     backward_logits: Callable
     backward_probs: Callable
     forward_backward_logits: Callable
+    #: The gradients from logits set infeasible samples to ``drop_value`` themselves
+    #: (a module's ``MASKS_INFEASIBLE``): the caller then skips its own pass over them.
+    masks_infeasible: bool = False
 
 
 def library_name(xp: ArrayNamespace) -> str:
@@ -79,7 +82,7 @@ def _kernel_for_library(library: str) -> Kernel:
         raise TypeError(
             f"{fast.__name__} replaces a half of the kernel from logits but not forward_backward_logits"
         )
-    return Kernel(library=library, **chosen)
+    return Kernel(library=library, masks_infeasible=bool(getattr(fast, "MASKS_INFEASIBLE", False)), **chosen)
 
 
 def kernel_for(xp: ArrayNamespace) -> Kernel:

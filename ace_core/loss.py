@@ -106,6 +106,8 @@ def _backward(
         if res.step_max is None:
             raise ValueError("these residuals come from probability input; pass from_logits=False")
         grad = kernel.backward_logits(xp, grad_out, scores3, counts, res, dtype)
+        if kernel.masks_infeasible:
+            return grad
     else:
         grad = kernel.backward_probs(xp, grad_out, scores3, counts, res, dtype)
     return _mask_infeasible(xp, grad, res.keep, res.drop_value)
@@ -116,14 +118,18 @@ def _forward_backward_logits(
 ) -> tuple[Array, Array]:
     """Per-sample loss and gradient from logits in one kernel call (``ace_loss_and_grad``)."""
     xp = prep.xp
-    *statistics, grad = kernel_for(xp).forward_backward_logits(
-        xp, grad_out, prep.scores, prep.counts, prep.valid, prep.lengths, prep.dtype, out=out
+    kernel = kernel_for(xp)
+    drop_value = _drop_value(prep, zero_infinity)
+    drop = {}
+    if kernel.masks_infeasible:
+        drop = {"keep": None if prep.all_feasible else prep.feasible, "drop_value": drop_value}
+    *statistics, grad = kernel.forward_backward_logits(
+        xp, grad_out, prep.scores, prep.counts, prep.valid, prep.lengths, prep.dtype, out=out, **drop
     )
     _, _, mass_max, mass_log_sum = statistics
     per_sample = loss_from_log_mass(xp, prep.counts, prep.lengths, mass_max + mass_log_sum)
-    drop_value = _drop_value(prep, zero_infinity)
     per_sample = _mask_infeasible(xp, per_sample, prep.feasible, drop_value)
-    if not prep.all_feasible:
+    if not prep.all_feasible and not kernel.masks_infeasible:
         # Only then: the mask is a full pass over the gradient.
         masked = _mask_infeasible(xp, grad, prep.feasible, drop_value)
         if out is None:

@@ -1,11 +1,15 @@
 """JAX fast path: one ``exp`` per element in probability space, fused by XLA; exact log space per class.
 
-The plan is that of :mod:`ace_core.backends.numpy`: ``e = exp(a - max)``, its
-row sums ``1/ρ`` and the mass ``m = Σ_t ρ e`` give the forward; the backward
-is ``grad = y s - g N̄ r`` with ``y = ρ e``, ``r = min(y / m, 1)`` and
-``s = Σ_k g N̄ r``, which XLA fuses into a reduction and one elementwise pass
-that writes the gradient: besides the gradient, ``e`` is the one ``(B, T, C)``
-array in XLA's memory plan.
+The plan is that of :mod:`ace_core.backends.numpy`. ``ace_loss_and_grad``
+(:func:`forward_backward_logits`) forms ``e = exp(a - max)`` once and keeps it:
+its row sums ``1/ρ``, the mass ``m = Σ_t ρ e`` (a batched matrix-vector
+product) and ``s = ρ Σ_k e W`` with ``W = g N̄ / m`` (over the few classes
+present in the counts, gathered per sample, where ``C > 2T``) are read from it,
+and ``grad = y s - g N̄ r`` with ``y = ρ e``, ``r = min(y / m, 1)`` is one
+elementwise pass that XLA writes over ``e``'s own buffer; infeasible samples
+get their drop value in that pass (``MASKS_INFEASIBLE``). The forward alone
+(:func:`forward_logits`) stores nothing of size ``(B, T, C)``: each of its two
+reductions computes its own ``exp``.
 
 Probability space loses accuracy only where a class's mass is so small that
 underflowed terms of ``y`` could matter (``m`` below :func:`mass_floor`). Such
@@ -13,7 +17,21 @@ a class is decided per sample and class on the ``(B, C)`` masses: its two-part
 log-mass and its ``r`` are taken in log space, from the halved ``log y`` of the
 generic kernel (:func:`ace_core._kernel.half_log_y`), which is exact for tied
 steps at any magnitude. ``lax.cond`` skips that work when no class needs it, so
-the functions stay jittable with no host synchronisation.
+the functions stay jittable with no host synchronisation; its results are
+``(B, C)`` arrays, or the gradient recomputed in its place.
+
+How the expressions are written decides XLA's memory plan:
+
+* XLA merges equal subexpressions, and a ``(B, T, C)`` one read by two
+  reductions is stored as an array of its own. Where two passes must each
+  compute their ``exp``, one of them shifts by ``a + (-max)``, which is
+  ``a - max`` bitwise but not the same expression.
+* Every ``(B, T, C)`` operand of a ``lax.cond`` is stored. The branches take
+  the scores as given and mask them themselves, and the passes outside them
+  mask with a ``+inf`` shift at masked steps, so no masked copy of the scores
+  exists.
+* A ``lax.cond`` between ``e`` and the gradient makes XLA give the gradient a
+  buffer of its own: the conds come after the gradient, which is their operand.
 
 The functions are compiled once per shape and dtype (``jax.jit``): called
 eagerly, ``lax.cond`` would otherwise trace and compile both branches at every
@@ -39,7 +57,10 @@ from ace_core._interop import numpy_view
 
 from ._common import mass_floor, pull_weights
 
-__all__ = ["forward_logits", "backward_logits", "forward_backward_logits"]
+__all__ = ["forward_logits", "backward_logits", "forward_backward_logits", "MASKS_INFEASIBLE"]
+
+#: The gradients set infeasible samples to the drop value in their own elementwise pass.
+MASKS_INFEASIBLE = True
 
 
 def _log_floor(dtype: Any, steps: int) -> float:
@@ -51,20 +72,37 @@ def _masked(a: jax.Array, valid: jax.Array | None) -> jax.Array:
     return _kernel.where_valid(jnp, valid, a, 0)
 
 
-def _exp_shifted(a0: jax.Array, valid: jax.Array | None, step_max: jax.Array) -> jax.Array:
-    """``e = exp(a - step_max)``, 0 at masked steps."""
-    return _kernel.where_valid(jnp, valid, jnp.exp(a0 - step_max[:, :, None]), 0)
+def _masked_shift(shift: jax.Array, valid: jax.Array | None) -> jax.Array:
+    """``shift`` ``(B, T)`` with ``+inf`` at masked steps: ``exp(a - shift)`` is 0 there with no select.
+
+    ``a`` there is the masked 0, so the ``(B, T, C)`` pass holds one select
+    (``where(valid, a, 0)``, as every pass does) and XLA stores no masked copy.
+    """
+    return shift if valid is None else jnp.where(valid, shift, jnp.inf)
+
+
+def _stored_exp(a: jax.Array, valid: jax.Array | None) -> tuple[jax.Array, jax.Array]:
+    """``(step_max, e)``: ``e = exp(a - step_max)``, 0 at masked steps, the array the other passes read.
+
+    The row max is taken over the scores as given: a masked step's max (of
+    padding, maybe NaN) is replaced, so the max pass needs no select either.
+    """
+    row_max = jnp.max(a, axis=2)
+    e = jnp.exp(_masked(a, valid) - _masked_shift(row_max, valid)[:, :, None])
+    return (row_max if valid is None else jnp.where(valid, row_max, 0)), e
+
+
+def _row_sums(e: jax.Array, valid: jax.Array | None) -> jax.Array:
+    """``Σ_k e`` ``(B, T)``, 1 at masked steps (whose ``e`` is 0)."""
+    rowsum = jnp.sum(e, axis=2)
+    return rowsum if valid is None else jnp.where(valid, rowsum, 1)
 
 
 def _softmax(
-    a0: jax.Array, valid: jax.Array | None, step_max: jax.Array, step_log_sum: jax.Array
+    a: jax.Array, valid: jax.Array | None, step_max: jax.Array, step_log_sum: jax.Array
 ) -> jax.Array:
-    """``y = exp((a - step_max) - step_log_sum)``, 0 at masked steps.
-
-    Each consumer forms ``y`` again from the scores: XLA then fuses the ``exp``
-    into that consumer's pass instead of storing ``e`` as a ``(B, T, C)`` array.
-    """
-    shifted = (a0 - step_max[:, :, None]) - step_log_sum[:, :, None]
+    """``y = exp((a - step_max) - step_log_sum)``, 0 at masked steps."""
+    shifted = (_masked(a, valid) - step_max[:, :, None]) - step_log_sum[:, :, None]
     return _kernel.where_valid(jnp, valid, jnp.exp(shifted), 0)
 
 
@@ -81,43 +119,92 @@ def _split_log(mass: jax.Array) -> tuple[jax.Array, jax.Array]:
     return whole, jnp.where(finite, jnp.log(mass * jnp.exp(-safe)), 0)
 
 
-def _log_space_mass(a0, valid, step_max, step_log_sum) -> tuple[jax.Array, jax.Array]:
+def _half_log_y(a, valid, step_max, step_log_sum) -> jax.Array:
+    """``log y / 2`` ``(B, T, C)`` of the generic kernel, ``-inf`` at masked steps."""
+    return _kernel.half_log_y(jnp, _masked(a, valid), valid, step_max, step_log_sum)
+
+
+def _log_space_mass(a, valid, step_max, step_log_sum) -> tuple[jax.Array, jax.Array]:
     """``(max_t log y / 2, log Σ_t exp(log y - max))`` ``(B, C)`` of the generic kernel."""
-    return _kernel.mass_from_half_log_y(jnp, _kernel.half_log_y(jnp, a0, valid, step_max, step_log_sum))
+    return _kernel.mass_from_half_log_y(jnp, _half_log_y(a, valid, step_max, step_log_sum))
 
 
-def _pull_parts(a0, valid, step_max, step_log_sum, half_max, log_sum, tiny):
+def _pull_parts(a, valid, step_max, step_log_sum, half_max, log_sum, tiny):
     """The log-space parts where ``tiny``, computed only when some class is (else zeros)."""
 
     def compute(_: None) -> tuple[jax.Array, jax.Array]:
         return half_max(), log_sum()
 
-    zeros = jnp.zeros(tiny.shape, dtype=a0.dtype)
+    zeros = jnp.zeros(tiny.shape, dtype=a.dtype)
     return jax.lax.cond(jnp.any(tiny), compute, lambda _: (zeros, zeros), None)
 
 
-def _gradient(a0, valid, step_max, step_log_sum, weights, inverse_mass, tiny, half_max, log_sum):
-    """``y s - g N̄ r``; ``r = min(y / m, 1)``, or in log space where ``tiny``.
+def _dropped(grad: jax.Array, keep: jax.Array | None, drop_value: jax.Array | None) -> jax.Array:
+    """``grad`` with ``drop_value`` for the samples that ``keep`` is False at (fused into its pass)."""
+    return grad if keep is None else jnp.where(keep[:, None, None], grad, drop_value)
 
-    ``weights`` is ``g N̄`` (0 for absent classes), ``inverse_mass`` ``1 / m``
-    (0 where ``tiny``); ``half_max`` and ``log_sum`` the two log-space parts.
+
+def _pull_sum(e, rho, per_mass, present, softmax) -> jax.Array:
+    """``s = Σ_k y W`` ``(B, T)``: ``y = ρ e`` (``e`` where ``rho`` is None), ``W = g N̄ / m``.
+
+    Only the classes present in the counts (``N > 0``) have ``W ≠ 0``, and a
+    sample has at most ``T_b <= T`` of them, so for ``C > 2 T`` the product is
+    taken over ``T`` columns of ``e`` gathered per sample instead of all ``C``.
+    A sample with more (counts that do not sum to ``T_b``, unchecked under
+    tracing) sends the batch to the dense product, with ``y = softmax()``
+    recomputed from the scores: ``e`` as an operand of the ``lax.cond`` would
+    cost the gradient its place in ``e``'s buffer.
     """
+    steps, classes = e.shape[1], e.shape[2]
 
-    def finish(log_space: bool) -> jax.Array:
-        # y, r and the pull are formed inside each branch: as operands of the cond they
-        # would be stored, here XLA fuses them into one reduction and one elementwise pass.
-        y = _softmax(a0, valid, step_max, step_log_sum)
-        r = jnp.minimum(y * inverse_mass[:, None, :], 1)
-        if log_space:
-            half = _kernel.half_log_y(jnp, a0, valid, step_max, step_log_sum)
-            gap = half - half_max[:, None, :]
-            r_log = jnp.exp(jnp.minimum((gap + gap) - log_sum[:, None, :], 0))
-            r = jnp.where(tiny[:, None, :], r_log, r)
-        pull = weights[:, None, :] * r
-        return y * jnp.sum(pull, axis=2, keepdims=True) - pull
+    def scaled(total: jax.Array) -> jax.Array:
+        return total if rho is None else total * rho
 
-    needed = jnp.any(tiny & (weights != 0))
-    return jax.lax.cond(needed, lambda _: finish(True), lambda _: finish(False), None)
+    if classes <= 2 * steps:
+        return scaled(jnp.einsum("btc,bc->bt", e, per_mass))
+    _, slots = jax.lax.top_k(present.astype(e.dtype), steps)
+    columns = jnp.take_along_axis(e, jnp.broadcast_to(slots[:, None, :], (*e.shape[:2], steps)), axis=2)
+    sparse = scaled(jnp.einsum("btk,bk->bt", columns, jnp.take_along_axis(per_mass, slots, axis=1)))
+    overflow = jnp.any(jnp.sum(present, axis=1) > steps)
+    return jax.lax.cond(overflow, lambda: jnp.einsum("btc,bc->bt", softmax(), per_mass), lambda: sparse)
+
+
+def _gradient_in_probability_space(e, rho, weights, inverse_mass, softmax, keep, drop_value):
+    """``(y s - g N̄ min(y / m, 1), s)`` with ``y = ρ e`` (``y = e`` where ``rho`` is None).
+
+    ``weights`` is ``g N̄`` (0 for absent classes), ``inverse_mass`` ``1 / m``.
+    ``s = Σ_k g N̄ y / m`` ``(B, T)`` comes from :func:`_pull_sum`, and the rest
+    is one elementwise pass that reads ``e`` once: XLA writes it over ``e``. A
+    class whose ``inverse_mass`` is 0 (a tiny one) has no pull here.
+    """
+    s = _pull_sum(e, rho, weights * inverse_mass, weights != 0, softmax)
+    y = e if rho is None else e * rho[:, :, None]
+    grad = y * s[:, :, None] - weights[:, None, :] * jnp.minimum(y * inverse_mass[:, None, :], 1)
+    return _dropped(grad, keep, drop_value), s
+
+
+def _with_log_space_pull(
+    grad, s, a, valid, step_max, step_log_sum, weights, inverse_mass, tiny, parts, keep, drop_value
+):
+    """``grad`` where no present class is tiny; else recomputed with those classes' pull in log space.
+
+    ``s`` is the probability-space part of ``Σ_k g N̄ r``; ``parts()`` gives the
+    two log-space parts ``(half_max, log_sum)``. ``grad`` is the operand of
+    ``lax.cond``, so that XLA keeps it in place when the cheap branch runs.
+    """
+    log_space = tiny & (weights != 0)
+
+    def recompute(_: jax.Array) -> jax.Array:
+        half_max, log_sum = parts()
+        gap = _half_log_y(a, valid, step_max, step_log_sum) - half_max[:, None, :]
+        # r of every class in log space: the branch's one (B, T, C) array; its sum is a product.
+        r_log = jnp.exp(jnp.minimum((gap + gap) - log_sum[:, None, :], 0))
+        s_all = s + jnp.einsum("btc,bc->bt", r_log, jnp.where(log_space, weights, 0))
+        y = _softmax(a, valid, step_max, step_log_sum)
+        r = jnp.where(log_space[:, None, :], r_log, jnp.minimum(y * inverse_mass[:, None, :], 1))
+        return _dropped(y * s_all[:, :, None] - weights[:, None, :] * r, keep, drop_value)
+
+    return jax.lax.cond(jnp.any(log_space), recompute, lambda g: g, grad)
 
 
 def _weights(counts, lengths, grad_out, dtype) -> jax.Array:
@@ -146,7 +233,10 @@ def backward_logits(
     residuals: ACEResiduals,
     dtype: Any,
 ) -> jax.Array:
-    """The backward of :func:`ace_core._kernel.backward_logits`: the softmax recomputed, one ``exp``."""
+    """The backward of :func:`ace_core._kernel.backward_logits`: the softmax recomputed, one ``exp``.
+
+    Samples where ``residuals.keep`` is False get ``residuals.drop_value``.
+    """
     return _backward_logits(grad_out, scores, counts, residuals, dtype=jnp.dtype(dtype))
 
 
@@ -160,14 +250,20 @@ def forward_backward_logits(
     dtype: Any,
     *,
     out: None = None,
+    keep: jax.Array | None = None,
+    drop_value: jax.Array | None = None,
 ):
-    """Forward and backward with one ``exp`` per element (JAX arrays are immutable: no ``out``)."""
+    """Forward and backward with one ``exp`` per element (JAX arrays are immutable: no ``out``).
+
+    Samples where ``keep`` is False get ``drop_value`` as their gradient.
+    """
     if out is not None:
         raise TypeError("`out` is not supported for JAX arrays, which are immutable")
     dtype = jnp.dtype(dtype)
-    if _eager_on_cpu(scores, grad_out, counts, valid, lengths) and dtype in _NUMPY_DTYPES:
-        return _forward_backward_numpy(grad_out, scores, counts, valid, lengths, dtype)
-    return _forward_backward_logits(grad_out, scores, counts, valid, lengths, dtype=dtype)
+    arrays = (grad_out, scores, counts, valid, lengths, keep, drop_value)
+    if _eager_on_cpu(scores, *arrays) and dtype in _NUMPY_DTYPES:
+        return _forward_backward_numpy(*arrays, dtype)
+    return _forward_backward_logits(*arrays, dtype=dtype)
 
 
 _NUMPY_DTYPES = tuple(jnp.dtype(name) for name in ("float32", "float64"))
@@ -181,7 +277,7 @@ def _eager_on_cpu(scores: jax.Array, *others: Any) -> bool:
     return len(devices) == 1 and next(iter(devices)).platform == "cpu"
 
 
-def _forward_backward_numpy(grad_out, scores, counts, valid, lengths, dtype):
+def _forward_backward_numpy(grad_out, scores, counts, valid, lengths, keep, drop_value, dtype):
     """The NumPy fast path on zero-copy views of eager CPU arrays; the gradient handed back zero-copy.
 
     ``np.asarray`` of a CPU array is a read-only view of its buffer. The
@@ -196,6 +292,8 @@ def _forward_backward_numpy(grad_out, scores, counts, valid, lengths, dtype):
     host = [None if x is None else numpy_view(x) for x in (grad_out, scores, counts, valid, lengths)]
     out = _aligned_empty(tuple(scores.shape), np.dtype(dtype))
     *statistics, grad = kernels.forward_backward_logits(numpy_namespace, *host, np.dtype(dtype), out=out)
+    if keep is not None:
+        grad[~numpy_view(keep)] = numpy_view(drop_value)  # only the dropped samples' rows are written
     return (*map(jnp.asarray, statistics), jnp.from_dlpack(grad))
 
 
@@ -207,29 +305,38 @@ def _aligned_empty(shape: tuple[int, ...], dtype: Any, alignment: int = 64) -> A
     return raw[offset : offset + size].view(dtype).reshape(shape)
 
 
-def _forward(a0: jax.Array, valid: jax.Array | None):
-    """``(step_max, step_log_sum, mass, tiny, half_max, log_sum)``: the forward's arrays.
-
-    ``tiny`` marks the classes whose mass comes from log space (``half_max``,
-    ``log_sum``, zeros where no class is tiny).
-    """
+def _forward(a: jax.Array, valid: jax.Array | None):
+    """``(step_max, step_log_sum, mass)`` of the forward alone: each reduction computes its own ``exp``."""
+    a0 = _masked(a, valid)
     step_max = jnp.max(a0, axis=2)
-    rowsum = jnp.sum(_exp_shifted(a0, valid, step_max), axis=2)
-    if valid is not None:
-        rowsum = jnp.where(valid, rowsum, 1)
+    # a + (-max) is a - max bitwise; as the same expression as the mass pass's, XLA would store it.
+    rowsum = _row_sums(_kernel.where_valid(jnp, valid, jnp.exp(a0 + (-step_max)[:, :, None]), 0), valid)
     step_log_sum = jnp.log(rowsum)
-    mass = jnp.sum(_softmax(a0, valid, step_max, step_log_sum), axis=1)
-    tiny = mass < math.exp(_log_floor(a0.dtype, a0.shape[1]))
+    mass = jnp.sum(_softmax(a, valid, step_max, step_log_sum), axis=1)
+    return step_max, step_log_sum, mass
+
+
+def _is_tiny(mass: jax.Array, steps: int) -> jax.Array:
+    """The classes whose mass is below :func:`mass_floor`: probability space may have lost them."""
+    return mass < math.exp(_log_floor(mass.dtype, steps))
+
+
+def _log_space_parts(a, valid, step_max, step_log_sum, mass):
+    """``(tiny, half_max, log_sum)``: the classes whose mass comes from log space, and its two parts.
+
+    ``half_max`` and ``log_sum`` are zeros where no class is tiny.
+    """
+    tiny = _is_tiny(mass, a.shape[1])
     parts = _pull_parts(
-        a0,
+        a,
         valid,
         step_max,
         step_log_sum,
-        lambda: _log_space_mass(a0, valid, step_max, step_log_sum)[0],
-        lambda: _log_space_mass(a0, valid, step_max, step_log_sum)[1],
+        lambda: _log_space_mass(a, valid, step_max, step_log_sum)[0],
+        lambda: _log_space_mass(a, valid, step_max, step_log_sum)[1],
         tiny,
     )
-    return step_max, step_log_sum, mass, tiny, *parts
+    return tiny, *parts
 
 
 def _mass_statistics(mass, tiny, half_max, log_sum) -> tuple[jax.Array, jax.Array]:
@@ -240,19 +347,33 @@ def _mass_statistics(mass, tiny, half_max, log_sum) -> tuple[jax.Array, jax.Arra
 
 @partial(jax.jit, static_argnames="dtype")
 def _forward_logits(scores: jax.Array, valid: jax.Array | None, dtype: Any):
-    a0 = _masked(scores.astype(dtype), valid)
-    step_max, step_log_sum, mass, tiny, half_max, log_sum = _forward(a0, valid)
+    # The scores as given (padding included) go into each pass and each lax.cond, which
+    # mask them there: a masked copy read by a cond would be stored as a (B, T, C) array.
+    a = scores.astype(dtype)
+    step_max, step_log_sum, mass = _forward(a, valid)
+    tiny, half_max, log_sum = _log_space_parts(a, valid, step_max, step_log_sum, mass)
     return step_max, step_log_sum, *_mass_statistics(mass, tiny, half_max, log_sum)
 
 
 @partial(jax.jit, static_argnames="dtype")
-def _forward_backward_logits(grad_out, scores, counts, valid, lengths, dtype: Any):
-    a0 = _masked(scores.astype(dtype), valid)
-    step_max, step_log_sum, mass, tiny, half_max, log_sum = _forward(a0, valid)
+def _forward_backward_logits(grad_out, scores, counts, valid, lengths, keep, drop_value, dtype: Any):
+    a = scores.astype(dtype)
+    step_max, e = _stored_exp(a, valid)  # the one (B, T, C) array: every later pass reads it
+    rowsum = _row_sums(e, valid)
+    step_log_sum = jnp.log(rowsum)
+    rho = 1 / rowsum
+    mass = jnp.einsum("btc,bt->bc", e, rho)
+    tiny = _is_tiny(mass, a.shape[1])
     weights = _weights(counts, lengths, grad_out, dtype)
     # 1 / m straight from the mass: no log/exp round trip to lose digits in.
     inverse_mass = jnp.where(tiny | (weights == 0), 0, 1 / jnp.where(tiny, 1, mass))
-    grad = _gradient(a0, valid, step_max, step_log_sum, weights, inverse_mass, tiny, half_max, log_sum)
+    softmax = partial(_softmax, a, valid, step_max, step_log_sum)
+    grad, s = _gradient_in_probability_space(e, rho, weights, inverse_mass, softmax, keep, drop_value)
+    # The lax.conds come after the gradient: one between e and the gradient makes XLA
+    # give the gradient a buffer of its own.
+    tiny, half_max, log_sum = _log_space_parts(a, valid, step_max, step_log_sum, mass)
+    parts = (weights, inverse_mass, tiny, lambda: (half_max, log_sum), keep, drop_value)
+    grad = _with_log_space_pull(grad, s, a, valid, step_max, step_log_sum, *parts)
     return step_max, step_log_sum, *_mass_statistics(mass, tiny, half_max, log_sum), grad
 
 
@@ -260,7 +381,7 @@ def _forward_backward_logits(grad_out, scores, counts, valid, lengths, dtype: An
 def _backward_logits(grad_out, scores, counts, residuals: ACEResiduals, dtype: Any) -> jax.Array:
     res = residuals
     valid = res.valid
-    a0 = _masked(scores.astype(dtype), valid)
+    a = scores.astype(dtype)
     step_max, step_log_sum = res.step_max.astype(dtype), res.step_log_sum.astype(dtype)
     mass_max, mass_log_sum = res.mass_max.astype(dtype), res.mass_log_sum.astype(dtype)
     weights = _weights(counts, res.lengths, grad_out, dtype)
@@ -272,11 +393,19 @@ def _backward_logits(grad_out, scores, counts, residuals: ACEResiduals, dtype: A
     lost = tiny & (mass_max == -jnp.inf)
 
     def fresh_max() -> jax.Array:
-        return jnp.where(lost, _log_space_mass(a0, valid, step_max, step_log_sum)[0], mass_max * 0.5)
+        return jnp.where(lost, _log_space_mass(a, valid, step_max, step_log_sum)[0], mass_max * 0.5)
 
     def fresh_log_sum() -> jax.Array:
-        fresh = jnp.where(lost, _log_space_mass(a0, valid, step_max, step_log_sum)[1], mass_log_sum)
+        fresh = jnp.where(lost, _log_space_mass(a, valid, step_max, step_log_sum)[1], mass_log_sum)
         return jnp.where(fresh == -jnp.inf, 0, fresh)  # no mass at all: r = 0, no NaN
 
-    half_max, log_sum = _pull_parts(a0, valid, step_max, step_log_sum, fresh_max, fresh_log_sum, tiny)
-    return _gradient(a0, valid, step_max, step_log_sum, weights, inverse_mass, tiny, half_max, log_sum)
+    half_max, log_sum = _pull_parts(a, valid, step_max, step_log_sum, fresh_max, fresh_log_sum, tiny)
+    # The one (B, T, C) array, which both passes read: y = exp((a - step_max) - step_log_sum).
+    row_log_sum = step_log_sum if valid is None else jnp.where(valid, step_log_sum, 0)
+    y = jnp.exp((_masked(a, valid) - _masked_shift(step_max, valid)[:, :, None]) - row_log_sum[:, :, None])
+    softmax = partial(_softmax, a, valid, step_max, step_log_sum)
+    grad, s = _gradient_in_probability_space(
+        y, None, weights, inverse_mass, softmax, res.keep, res.drop_value
+    )
+    parts = (weights, inverse_mass, tiny, lambda: (half_max, log_sum), res.keep, res.drop_value)
+    return _with_log_space_pull(grad, s, a, valid, step_max, step_log_sum, *parts)

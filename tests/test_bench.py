@@ -5,6 +5,7 @@ The backends themselves (names, usability, devices, copies) are tested in test_b
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
 import math
@@ -277,3 +278,38 @@ def test_environment_header_is_json_ready():
     assert header["ace_core"] == ace_core.__version__
     assert header["config"] == {"batch": 4}
     assert header["libraries"]["numpy"] == np.__version__
+
+
+@pytest.mark.parametrize(
+    ("tunables", "expected"),
+    [
+        (None, False),
+        ("", False),
+        ("glibc.malloc.hugetlb=1", True),
+        ("glibc.malloc.arena_max=2:glibc.malloc.hugetlb=2", True),
+        ("glibc.malloc.hugetlb=0", False),
+    ],
+)
+def test_glibc_huge_pages_reads_the_tunable(tunables, expected):
+    from ace_core.bench.machine import glibc_huge_pages
+
+    environment = {} if tunables is None else {"GLIBC_TUNABLES": tunables}
+    assert glibc_huge_pages(environment) is expected
+
+
+@pytest.mark.parametrize("tunables", [None, "glibc.malloc.hugetlb=1"])
+def test_the_table_notes_xla_buffers_without_huge_pages(tunables):
+    # Under THP "madvise", XLA's buffers page-fault 4 KiB at a time unless glibc asks for huge pages.
+    import io
+
+    from ace_core.bench.report import print_bench_table
+
+    record = bench.run_protocol("numpy", classes=[5], **TINY)[0]
+    record = dataclasses.replace(record, backend="jax", device="cpu:0")
+    header = environment_header(**TINY, seed=0, repeat=9)
+    header["transparent_hugepages"] = "madvise"
+    header["environment"] = {} if tunables is None else {"GLIBC_TUNABLES": tunables}
+    out = io.StringIO()
+    print_bench_table([record], header, out)
+    assert ("XLA's CPU buffers are not huge-page backed" in out.getvalue()) is (tunables is None)
+    assert (f"GLIBC_TUNABLES={tunables}" in out.getvalue()) is (tunables is not None)

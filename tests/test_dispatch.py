@@ -69,6 +69,39 @@ def test_a_fast_half_without_the_fused_function_is_refused(fresh_dispatch, monke
         _dispatch.kernel_for(np_compat)
 
 
+def test_a_kernel_that_masks_infeasible_samples_gets_the_mask_and_no_second_pass(fresh_dispatch, monkeypatch):
+    # With MASKS_INFEASIBLE the core hands the kernel keep and drop_value and does not mask
+    # the gradient itself; without it, it does (the generic kernel's way).
+    seen = {}
+
+    def forward_backward_logits(xp, grad_out, scores, counts, valid, lengths, dtype, *, out=None, **drop):
+        seen.update(drop)
+        *statistics, grad = _kernel.forward_backward_logits(
+            xp, grad_out, scores, counts, valid, lengths, dtype
+        )
+        return (*statistics, xp.full_like(grad, 7.0))  # a sentinel: what the core passes on is visible
+
+    fake = types.ModuleType("ace_core.backends.numpy")
+    fake.forward_backward_logits = forward_backward_logits
+    monkeypatch.setitem(sys.modules, "ace_core.backends.numpy", fake)
+    scores = np.zeros((2, 3, 4))
+    counts = np.array([[3, 0, 0, 0], [1, 1, 1, 0]])
+    lengths = np.array([3, 0])  # sample 1 is infeasible: T_b = 0
+    counts[1] = 0
+    for masks in (False, True):
+        _dispatch._kernel_for_library.cache_clear()
+        seen.clear()
+        fake.MASKS_INFEASIBLE = masks
+        assert _dispatch.kernel_for(np_compat).masks_infeasible is masks
+        _, grad = ace_core.ace_loss_and_grad(scores, counts, input_lengths=lengths, zero_infinity=True)
+        assert np.all(grad[0] == 7.0)
+        if masks:
+            assert list(seen["keep"]) == [True, False] and float(seen["drop_value"]) == 0.0
+            assert np.all(grad[1] == 7.0)  # left to the kernel
+        else:
+            assert not seen and np.all(grad[1] == 0.0)
+
+
 def test_every_kernel_follows_the_contract():
     # The Protocol documents the five functions; each module's own ones take its parameters.
     import inspect
@@ -87,4 +120,8 @@ def test_every_kernel_follows_the_contract():
             if not hasattr(module, name):  # left to the generic kernel
                 continue
             got = list(inspect.signature(getattr(module, name)).parameters)
+            if name == "forward_backward_logits" and getattr(module, "MASKS_INFEASIBLE", False):
+                # Such a kernel takes the mask of infeasible samples from the caller.
+                assert got == [*wanted, "keep", "drop_value"], module.__name__
+                continue
             assert got == wanted, (module.__name__, name)

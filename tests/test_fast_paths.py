@@ -26,20 +26,26 @@ from ace_core import ACEResiduals, _kernel
 FAST_BACKENDS = ("numpy", "torch", "torch:cuda", "jax", "jax:gpu", "cupy")
 #: torch CPU tensors run the NumPy path on zero-copy views; "torch-ops" keeps them on torch's own ops.
 TORCH_OPS = "torch-ops"
+#: Eager JAX CPU arrays run the NumPy path too; "jax-jnp" keeps them on the jnp path that jit runs.
+JAX_JNP = "jax-jnp"
+#: The variant name, the backend it runs on, and the module function that would send it to NumPy.
+_OWN_OPS = {TORCH_OPS: ("torch", "_use_numpy"), JAX_JNP: ("jax", "_eager_on_cpu")}
 
 
 def fast_params(names: tuple[str, ...]) -> list[Any]:
     params = backend_params(names)
-    if any(p.values[0] == "torch" for p in params):
-        params.append(pytest.param(TORCH_OPS, id=TORCH_OPS))
+    for variant, (library, _) in _OWN_OPS.items():
+        if any(p.values[0] == library for p in params):
+            params.append(pytest.param(variant, id=variant))
     return params
 
 
 def load_fast(name: str, monkeypatch: pytest.MonkeyPatch) -> tuple[Backend, ModuleType]:
-    backend = load_backend("torch" if name == TORCH_OPS else name)
+    library, numpy_switch = _OWN_OPS.get(name, (name, None))
+    backend = load_backend(library)
     module = importlib.import_module(f"ace_core.backends.{backend.entry.library}")
-    if name == TORCH_OPS:
-        monkeypatch.setattr(module, "_use_numpy", lambda scores: False)
+    if numpy_switch is not None:
+        monkeypatch.setattr(module, numpy_switch, lambda *arrays: False)
     return backend, module
 
 
@@ -318,3 +324,55 @@ def test_torch_cpu_tensors_share_memory_with_the_numpy_path():
     _, got = ace_core.ace_loss_and_grad(scores, torch.from_numpy(counts), out=out)
     assert got is out and torch.equal(out, grad)
     assert np.shares_memory(out.numpy(), got.numpy())
+
+
+def test_counts_with_more_classes_than_steps(fast):
+    # Valid counts have at most T_b present classes; these (not summing to T_b, which only
+    # tracing leaves unchecked) have C of them: the formula still holds for any counts.
+    backend, module = fast
+    xp = backend.xp
+    logits, _, valid, lengths, weights = make_inputs(np.random.default_rng(10), 3, 4, 300, "lengths")
+    counts = np.random.default_rng(11).integers(1, 3, size=(3, 300)).astype(np.float64)
+    a, n, v, t, g = on(backend, logits, counts, valid, lengths, weights)
+    dtype = backend.dtype("float64")
+    want = _kernel.forward_backward_logits(xp, g, a, n, v, t, dtype)
+    got = module.forward_backward_logits(xp, g, a, n, v, t, dtype)
+    compare_forward(backend, got[:4], want[:4], valid, rtol=1e-12, atol=1e-12)
+    assert_close(backend.to_numpy(got[4]), backend.to_numpy(want[4]), rtol=1e-11, atol=1e-14)
+    residuals = residuals_of(xp, want[:4], v, t)
+    grad = module.backward_logits(xp, g, a, n, residuals, dtype)
+    assert_close(backend.to_numpy(grad), backend.to_numpy(want[4]), rtol=1e-11, atol=1e-14)
+
+
+@pytest.fixture(params=fast_params(("jax", "jax:gpu")))
+def masking_fast(
+    request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> tuple[Backend, ModuleType]:
+    """The fast paths that set infeasible samples' gradient themselves (``MASKS_INFEASIBLE``)."""
+    return load_fast(request.param, monkeypatch)
+
+
+@pytest.mark.parametrize("drop", [0.0, float("nan")], ids=["zero_infinity", "nan"])
+def test_a_kernel_that_masks_infeasible_samples_writes_the_drop_value(masking_fast, drop):
+    # Such a kernel takes the mask from the caller: the dropped samples' gradient is the
+    # drop value everywhere, masked steps included; the others are untouched.
+    backend, module = masking_fast
+    assert module.MASKS_INFEASIBLE
+    xp = backend.xp
+    logits, counts, valid, lengths, weights = make_inputs(np.random.default_rng(12), 4, 7, 300, "lengths")
+    a, n, v, t, g = on(backend, logits, counts, valid, lengths, weights)
+    keep = np.array([True, False, True, False])
+    dtype = backend.dtype("float64")
+    drop_value = xp.asarray(drop, dtype=dtype)
+    want = backend.to_numpy(_kernel.forward_backward_logits(xp, g, a, n, v, t, dtype)[4])
+    got = module.forward_backward_logits(
+        xp, g, a, n, v, t, dtype, keep=backend.asarray(keep), drop_value=drop_value
+    )
+    got = backend.to_numpy(got[4])
+    assert_close(got[keep], want[keep], rtol=1e-11, atol=1e-14)
+    np.testing.assert_array_equal(got[~keep], np.full_like(got[~keep], drop))
+    residuals = residuals_of(xp, _kernel.forward_logits(xp, a, v, dtype), v, t)
+    residuals = residuals._replace(keep=backend.asarray(keep), drop_value=drop_value)
+    grad = backend.to_numpy(module.backward_logits(xp, g, a, n, residuals, dtype))
+    assert_close(grad[keep], want[keep], rtol=1e-11, atol=1e-14)
+    np.testing.assert_array_equal(grad[~keep], np.full_like(grad[~keep], drop))

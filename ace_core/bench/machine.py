@@ -16,7 +16,7 @@ import os
 import platform
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
@@ -26,6 +26,7 @@ from .backend_table import BACKENDS, library_version
 __all__ = [
     "environment_header",
     "warm_allocator",
+    "glibc_huge_pages",
     "request_torch_thp",
     "set_torch_threads",
     "torch_threads",
@@ -46,6 +47,7 @@ _ENVIRONMENT = (
     "MKL_NUM_THREADS",
     "OPENBLAS_NUM_THREADS",
     "THP_MEM_ALLOC_ENABLE",
+    "GLIBC_TUNABLES",
     "XLA_FLAGS",
     "CUDA_VISIBLE_DEVICES",
 )
@@ -64,6 +66,24 @@ def warm_allocator() -> None:
     """
     block = np.empty(30 * 2**20, dtype=np.uint8)
     del block
+
+
+def glibc_huge_pages(environment: Mapping[str, str] | None = None) -> bool:
+    """Whether glibc's malloc asks for transparent huge pages (``GLIBC_TUNABLES=glibc.malloc.hugetlb=1``).
+
+    ``environment`` is the process's own (``os.environ``) unless given, e.g.
+    the recorded environment of a report.
+
+    XLA's CPU buffers come from malloc, which otherwise maps large blocks in
+    4 KiB pages: with the kernel's THP mode at ``madvise`` (common), every
+    fresh output of a jitted JAX call then page-faults page by page. glibc
+    reads the setting when the process starts, so it cannot be turned on from
+    inside Python.
+    """
+    tunables = (os.environ if environment is None else environment).get("GLIBC_TUNABLES", "")
+    return any(
+        item.strip() in ("glibc.malloc.hugetlb=1", "glibc.malloc.hugetlb=2") for item in tunables.split(":")
+    )
 
 
 def request_torch_thp() -> bool:

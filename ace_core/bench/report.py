@@ -8,6 +8,8 @@ import sys
 from collections.abc import Sequence
 from typing import Any, TextIO
 
+from .machine import glibc_huge_pages
+
 __all__ = ["format_ms", "info_report", "print_bench_table", "print_info", "print_table"]
 
 
@@ -90,8 +92,12 @@ def print_bench_table(records: Sequence[Any], header: dict[str, Any], out: TextI
     used = ", ".join(f"{k} {v}" for k, v in libs.items() if v is not None and k in used_libs)
     run_threads = [r.torch_threads for r in records if r.torch_threads is not None]
     threads = run_threads[0] if run_threads else header["threads"].get("torch_num_threads")
-    thp_env = header["environment"].get("THP_MEM_ALLOC_ENABLE")
-    thp_env = f" (THP_MEM_ALLOC_ENABLE={thp_env})" if thp_env is not None else ""
+    thp_settings = [
+        f"{name}={header['environment'][name]}"
+        for name in ("THP_MEM_ALLOC_ENABLE", "GLIBC_TUNABLES")
+        if name in header["environment"]
+    ]
+    thp_env = f" ({', '.join(thp_settings)})" if thp_settings else ""
     print(f"ace_core {header['ace_core']}, Python {header['python']}; {used}", file=out)
     print(
         f"{header['cpu']}, {header['cpu_count']} CPUs ({header['cpu_affinity']} usable), "
@@ -158,6 +164,17 @@ def print_bench_table(records: Sequence[Any], header: dict[str, Any], out: TextI
         print(
             "note: THP is 'madvise' and THP_MEM_ALLOC_ENABLE is unset, so torch's large CPU "
             "allocations are not huge-page backed (page faults are part of its times; see --thp)",
+            file=out,
+        )
+    if (
+        "jax" in used_libs
+        and header["transparent_hugepages"] == "madvise"
+        and not glibc_huge_pages(header["environment"])
+    ):
+        print(
+            "note: THP is 'madvise' and GLIBC_TUNABLES lacks glibc.malloc.hugetlb=1, so XLA's CPU "
+            "buffers are not huge-page backed (page faults of each fresh gradient are part of jax's "
+            "times; set it before Python starts)",
             file=out,
         )
     for r in errors:
