@@ -9,7 +9,9 @@ Measure (a few minutes on a 2-core CPU; needs torch and JAX), then draw::
 benchmark protocol, whose callables the asv suite times too) on the numpy, torch
 and jax CPU backends for C in {37, 500, 2000, 7357}, with the asv suite's
 settings: the thread pools pinned as ``asv_bench/benchmarks/__init__.py`` pins
-them (``ACE_ASV_THREADS``, default 1) and torch's huge pages on (``--thp``).
+them (``ACE_ASV_THREADS``, default 1) and torch's huge pages on (``--thp``);
+glibc's too (``GLIBC_TUNABLES=glibc.malloc.hugetlb=1`` unless set), so that
+XLA's CPU buffers get them.
 Drawing needs matplotlib (the ``reference`` extra). The data table is printed
 as reStructuredText.
 """
@@ -51,8 +53,11 @@ def measure(path: Path) -> None:
         "--thp",
         "--json",
     ]
-    print("$", " ".join(command[1:]), file=sys.stderr)
-    result = subprocess.run(command, check=False, stdout=subprocess.PIPE, text=True)
+    # glibc reads its tunables at start-up: the child's malloc, hence XLA's buffers, asks for huge pages.
+    tunables = os.environ.get("GLIBC_TUNABLES") or "glibc.malloc.hugetlb=1"
+    environment = dict(os.environ, GLIBC_TUNABLES=tunables)
+    print(f"$ GLIBC_TUNABLES={environment['GLIBC_TUNABLES']}", " ".join(command[1:]), file=sys.stderr)
+    result = subprocess.run(command, check=False, stdout=subprocess.PIPE, text=True, env=environment)
     if result.returncode != 0:
         raise SystemExit(f"ace bench failed with status {result.returncode}")
     path.write_text(result.stdout, encoding="utf-8")

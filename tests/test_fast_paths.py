@@ -107,6 +107,30 @@ def residuals_of(xp: Any, statistics, valid, lengths) -> ACEResiduals:
     return _kernel.kernel_residuals(xp, tuple(statistics), valid, lengths)
 
 
+def assert_matches_the_generic_kernel(backend: Backend, module: ModuleType, *arrays: Any) -> list[Any]:
+    """The fused function, the forward and the backward (from both residuals) against the generic kernel.
+
+    ``arrays`` are ``(logits, counts, valid, lengths, weights)`` in float64;
+    returns the fused function's outputs.
+    """
+    xp = backend.xp
+    logits, counts, valid, lengths, weights = arrays
+    a, n, v, t, g = on(backend, logits, counts, valid, lengths, weights)
+    dtype = backend.dtype("float64")
+    want = _kernel.forward_backward_logits(xp, g, a, n, v, t, dtype)
+    got = module.forward_backward_logits(xp, g, a, n, v, t, dtype)
+    compare_forward(backend, got[:4], want[:4], valid, rtol=1e-12, atol=1e-12)
+    assert_close(backend.to_numpy(got[4]), backend.to_numpy(want[4]), rtol=1e-11, atol=1e-14)
+    statistics = module.forward_logits(xp, a, v, dtype)
+    compare_forward(backend, statistics, want[:4], valid, rtol=1e-12, atol=1e-12)
+    grad = module.backward_logits(xp, g, a, n, residuals_of(xp, statistics, v, t), dtype)
+    assert_close(backend.to_numpy(grad), backend.to_numpy(want[4]), rtol=1e-11, atol=1e-14)
+    # The backward also accepts the generic kernel's residuals (any split of the two sums).
+    grad = module.backward_logits(xp, g, a, n, residuals_of(xp, want[:4], v, t), dtype)
+    assert_close(backend.to_numpy(grad), backend.to_numpy(want[4]), rtol=1e-11, atol=1e-14)
+    return got
+
+
 CASES = [
     (1, 1, 1),
     (2, 5, 2),
@@ -122,25 +146,10 @@ CASES = [
 @pytest.mark.parametrize("shape", CASES, ids=lambda s: "x".join(map(str, s)))
 def test_fused_and_halves_agree_with_the_generic_kernel(fast, shape, valid_kind):
     backend, module = fast
-    xp = backend.xp
     logits, counts, valid, lengths, weights = make_inputs(
         np.random.default_rng(sum(shape)), *shape, valid_kind
     )
-    a, n, v, t, g = on(backend, logits, counts, valid, lengths, weights)
-    dtype = backend.dtype("float64")
-
-    want = _kernel.forward_backward_logits(xp, g, a, n, v, t, dtype)
-    got = module.forward_backward_logits(xp, g, a, n, v, t, dtype)
-    compare_forward(backend, got[:4], want[:4], valid, rtol=1e-12, atol=1e-12)
-    assert_close(backend.to_numpy(got[4]), backend.to_numpy(want[4]), rtol=1e-11, atol=1e-14)
-
-    statistics = module.forward_logits(xp, a, v, dtype)
-    compare_forward(backend, statistics, want[:4], valid, rtol=1e-12, atol=1e-12)
-    grad = module.backward_logits(xp, g, a, n, residuals_of(xp, statistics, v, t), dtype)
-    assert_close(backend.to_numpy(grad), backend.to_numpy(want[4]), rtol=1e-11, atol=1e-14)
-    # The backward also accepts the generic kernel's residuals (any split of the two sums).
-    grad = module.backward_logits(xp, g, a, n, residuals_of(xp, want[:4], v, t), dtype)
-    assert_close(backend.to_numpy(grad), backend.to_numpy(want[4]), rtol=1e-11, atol=1e-14)
+    got = assert_matches_the_generic_kernel(backend, module, logits, counts, valid, lengths, weights)
     if valid is not None:
         masked = backend.to_numpy(got[4])[~valid]
         assert np.all(masked == 0) and not np.any(np.signbit(masked)), "masked steps must be +0"
@@ -330,18 +339,9 @@ def test_counts_with_more_classes_than_steps(fast):
     # Valid counts have at most T_b present classes; these (not summing to T_b, which only
     # tracing leaves unchecked) have C of them: the formula still holds for any counts.
     backend, module = fast
-    xp = backend.xp
     logits, _, valid, lengths, weights = make_inputs(np.random.default_rng(10), 3, 4, 300, "lengths")
     counts = np.random.default_rng(11).integers(1, 3, size=(3, 300)).astype(np.float64)
-    a, n, v, t, g = on(backend, logits, counts, valid, lengths, weights)
-    dtype = backend.dtype("float64")
-    want = _kernel.forward_backward_logits(xp, g, a, n, v, t, dtype)
-    got = module.forward_backward_logits(xp, g, a, n, v, t, dtype)
-    compare_forward(backend, got[:4], want[:4], valid, rtol=1e-12, atol=1e-12)
-    assert_close(backend.to_numpy(got[4]), backend.to_numpy(want[4]), rtol=1e-11, atol=1e-14)
-    residuals = residuals_of(xp, want[:4], v, t)
-    grad = module.backward_logits(xp, g, a, n, residuals, dtype)
-    assert_close(backend.to_numpy(grad), backend.to_numpy(want[4]), rtol=1e-11, atol=1e-14)
+    assert_matches_the_generic_kernel(backend, module, logits, counts, valid, lengths, weights)
 
 
 @pytest.fixture(params=fast_params(("jax", "jax:gpu")))
