@@ -88,8 +88,8 @@ def _stored_exp(a: jax.Array, valid: jax.Array | None) -> tuple[jax.Array, jax.A
     padding, maybe NaN) is replaced, so the max pass needs no select either.
     """
     row_max = jnp.max(a, axis=2)
-    e = jnp.exp(_masked(a, valid) - _masked_shift(row_max, valid)[:, :, None])
-    return (row_max if valid is None else jnp.where(valid, row_max, 0)), e
+    step_max = row_max if valid is None else jnp.where(valid, row_max, 0)
+    return step_max, _softmax(a, valid, step_max, None)
 
 
 def _row_sums(e: jax.Array, valid: jax.Array | None) -> jax.Array:
@@ -99,11 +99,17 @@ def _row_sums(e: jax.Array, valid: jax.Array | None) -> jax.Array:
 
 
 def _softmax(
-    a: jax.Array, valid: jax.Array | None, step_max: jax.Array, step_log_sum: jax.Array
+    a: jax.Array, valid: jax.Array | None, step_max: jax.Array, step_log_sum: jax.Array | None
 ) -> jax.Array:
-    """``y = exp((a - step_max) - step_log_sum)``, 0 at masked steps."""
-    shifted = (_masked(a, valid) - step_max[:, :, None]) - step_log_sum[:, :, None]
-    return _kernel.where_valid(jnp, valid, jnp.exp(shifted), 0)
+    """``y = exp((a - step_max) - step_log_sum)``, 0 at masked steps (``e`` without a log-sum).
+
+    A ``+inf`` shift at masked steps makes them 0 (:func:`_masked_shift`).
+    """
+    shifted = _masked(a, valid) - _masked_shift(step_max, valid)[:, :, None]
+    if step_log_sum is None:
+        return jnp.exp(shifted)
+    log_sum = step_log_sum if valid is None else jnp.where(valid, step_log_sum, 0)  # no inf - inf
+    return jnp.exp(shifted - log_sum[:, :, None])
 
 
 def _split_log(mass: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -129,14 +135,13 @@ def _log_space_mass(a, valid, step_max, step_log_sum) -> tuple[jax.Array, jax.Ar
     return _kernel.mass_from_half_log_y(jnp, _half_log_y(a, valid, step_max, step_log_sum))
 
 
-def _pull_parts(a, valid, step_max, step_log_sum, half_max, log_sum, tiny):
-    """The log-space parts where ``tiny``, computed only when some class is (else zeros)."""
+def _when_tiny(tiny: jax.Array, parts, dtype: Any) -> tuple[jax.Array, jax.Array]:
+    """``parts()``, the log-space ``(half_max, log_sum)`` ``(B, C)``, computed only when some class is tiny.
 
-    def compute(_: None) -> tuple[jax.Array, jax.Array]:
-        return half_max(), log_sum()
-
-    zeros = jnp.zeros(tiny.shape, dtype=a.dtype)
-    return jax.lax.cond(jnp.any(tiny), compute, lambda _: (zeros, zeros), None)
+    Zeros otherwise.
+    """
+    zeros = jnp.zeros(tiny.shape, dtype=dtype)
+    return jax.lax.cond(jnp.any(tiny), lambda _: parts(), lambda _: (zeros, zeros), None)
 
 
 def _dropped(grad: jax.Array, keep: jax.Array | None, drop_value: jax.Array | None) -> jax.Array:
@@ -261,7 +266,7 @@ def forward_backward_logits(
         raise TypeError("`out` is not supported for JAX arrays, which are immutable")
     dtype = jnp.dtype(dtype)
     arrays = (grad_out, scores, counts, valid, lengths, keep, drop_value)
-    if _eager_on_cpu(scores, *arrays) and dtype in _NUMPY_DTYPES:
+    if _eager_on_cpu(scores, grad_out, counts, valid, lengths, keep, drop_value) and dtype in _NUMPY_DTYPES:
         return _forward_backward_numpy(*arrays, dtype)
     return _forward_backward_logits(*arrays, dtype=dtype)
 
@@ -310,7 +315,7 @@ def _forward(a: jax.Array, valid: jax.Array | None):
     a0 = _masked(a, valid)
     step_max = jnp.max(a0, axis=2)
     # a + (-max) is a - max bitwise; as the same expression as the mass pass's, XLA would store it.
-    rowsum = _row_sums(_kernel.where_valid(jnp, valid, jnp.exp(a0 + (-step_max)[:, :, None]), 0), valid)
+    rowsum = _row_sums(jnp.exp(a0 + (-_masked_shift(step_max, valid))[:, :, None]), valid)
     step_log_sum = jnp.log(rowsum)
     mass = jnp.sum(_softmax(a, valid, step_max, step_log_sum), axis=1)
     return step_max, step_log_sum, mass
@@ -321,22 +326,9 @@ def _is_tiny(mass: jax.Array, steps: int) -> jax.Array:
     return mass < math.exp(_log_floor(mass.dtype, steps))
 
 
-def _log_space_parts(a, valid, step_max, step_log_sum, mass):
-    """``(tiny, half_max, log_sum)``: the classes whose mass comes from log space, and its two parts.
-
-    ``half_max`` and ``log_sum`` are zeros where no class is tiny.
-    """
-    tiny = _is_tiny(mass, a.shape[1])
-    parts = _pull_parts(
-        a,
-        valid,
-        step_max,
-        step_log_sum,
-        lambda: _log_space_mass(a, valid, step_max, step_log_sum)[0],
-        lambda: _log_space_mass(a, valid, step_max, step_log_sum)[1],
-        tiny,
-    )
-    return tiny, *parts
+def _log_space_parts(a, valid, step_max, step_log_sum, tiny):
+    """``(half_max, log_sum)`` of the tiny classes' log-space mass; zeros where no class is tiny."""
+    return _when_tiny(tiny, partial(_log_space_mass, a, valid, step_max, step_log_sum), a.dtype)
 
 
 def _mass_statistics(mass, tiny, half_max, log_sum) -> tuple[jax.Array, jax.Array]:
@@ -351,7 +343,8 @@ def _forward_logits(scores: jax.Array, valid: jax.Array | None, dtype: Any):
     # mask them there: a masked copy read by a cond would be stored as a (B, T, C) array.
     a = scores.astype(dtype)
     step_max, step_log_sum, mass = _forward(a, valid)
-    tiny, half_max, log_sum = _log_space_parts(a, valid, step_max, step_log_sum, mass)
+    tiny = _is_tiny(mass, a.shape[1])
+    half_max, log_sum = _log_space_parts(a, valid, step_max, step_log_sum, tiny)
     return step_max, step_log_sum, *_mass_statistics(mass, tiny, half_max, log_sum)
 
 
@@ -371,7 +364,7 @@ def _forward_backward_logits(grad_out, scores, counts, valid, lengths, keep, dro
     grad, s = _gradient_in_probability_space(e, rho, weights, inverse_mass, softmax, keep, drop_value)
     # The lax.conds come after the gradient: one between e and the gradient makes XLA
     # give the gradient a buffer of its own.
-    tiny, half_max, log_sum = _log_space_parts(a, valid, step_max, step_log_sum, mass)
+    half_max, log_sum = _log_space_parts(a, valid, step_max, step_log_sum, tiny)
     parts = (weights, inverse_mass, tiny, lambda: (half_max, log_sum), keep, drop_value)
     grad = _with_log_space_pull(grad, s, a, valid, step_max, step_log_sum, *parts)
     return step_max, step_log_sum, *_mass_statistics(mass, tiny, half_max, log_sum), grad
@@ -392,18 +385,15 @@ def _backward_logits(grad_out, scores, counts, residuals: ACEResiduals, dtype: A
     # A mass below the dtype's range (mass_max = -inf) lost how its steps compare: recomputed.
     lost = tiny & (mass_max == -jnp.inf)
 
-    def fresh_max() -> jax.Array:
-        return jnp.where(lost, _log_space_mass(a, valid, step_max, step_log_sum)[0], mass_max * 0.5)
+    def parts() -> tuple[jax.Array, jax.Array]:
+        fresh_max, fresh_log_sum = _log_space_mass(a, valid, step_max, step_log_sum)
+        log_sum = jnp.where(lost, fresh_log_sum, mass_log_sum)
+        # No mass at all: r = 0, no NaN.
+        return jnp.where(lost, fresh_max, mass_max * 0.5), jnp.where(log_sum == -jnp.inf, 0, log_sum)
 
-    def fresh_log_sum() -> jax.Array:
-        fresh = jnp.where(lost, _log_space_mass(a, valid, step_max, step_log_sum)[1], mass_log_sum)
-        return jnp.where(fresh == -jnp.inf, 0, fresh)  # no mass at all: r = 0, no NaN
-
-    half_max, log_sum = _pull_parts(a, valid, step_max, step_log_sum, fresh_max, fresh_log_sum, tiny)
-    # The one (B, T, C) array, which both passes read: y = exp((a - step_max) - step_log_sum).
-    row_log_sum = step_log_sum if valid is None else jnp.where(valid, step_log_sum, 0)
-    y = jnp.exp((_masked(a, valid) - _masked_shift(step_max, valid)[:, :, None]) - row_log_sum[:, :, None])
+    half_max, log_sum = _when_tiny(tiny, parts, a.dtype)
     softmax = partial(_softmax, a, valid, step_max, step_log_sum)
+    y = softmax()  # the one (B, T, C) array: both passes read it
     grad, s = _gradient_in_probability_space(
         y, None, weights, inverse_mass, softmax, res.keep, res.drop_value
     )
